@@ -1,0 +1,124 @@
+// Argument validation shared by the kernels of every backend. Messages name the
+// argument, what was expected and what was received (tests match them).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+
+#include <sstream>
+#include <string>
+
+#include "math.h"
+
+namespace sdu {
+
+inline std::string shape_str(at::IntArrayRef s) {
+  std::ostringstream o;
+  o << "(";
+  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+  if (s.size() == 1) o << ",";
+  o << ")";
+  return o.str();
+}
+
+inline void check_floating(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.defined(), name, ": expected a tensor, got None");
+  auto st = t.scalar_type();
+  TORCH_CHECK(
+      st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, name,
+      ": expected dtype float32, float64, float16 or bfloat16, got ", st);
+}
+
+inline void check_same_dtype(const at::Tensor& t, const char* name, const at::Tensor& ref,
+                             const char* ref_name) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, ": expected dtype ",
+              ref.scalar_type(), " (same as ", ref_name, "), got ", t.scalar_type());
+}
+
+inline void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& ref,
+                              const char* ref_name) {
+  TORCH_CHECK(t.device() == ref.device(), name, ": expected device ", ref.device(),
+              " (same as ", ref_name, "), got ", t.device());
+}
+
+inline void check_dim(const at::Tensor& t, const char* name, int64_t dim, const char* what) {
+  TORCH_CHECK(t.dim() == dim, name, ": expected a ", dim, "-D tensor ", what, ", got shape ",
+              shape_str(t.sizes()));
+}
+
+// How theta broadcasts against x: one value, one value per entry of the last
+// dimension, or anything else (materialised elementwise).
+enum class ThetaMode { Scalar, Row, Full };
+
+inline ThetaMode check_theta(const at::Tensor& x, const at::Tensor& theta) {
+  check_floating(theta, "theta");
+  check_same_device(theta, "theta", x, "x");
+  bool ok = theta.dim() <= x.dim();
+  for (int64_t i = 1; ok && i <= theta.dim(); ++i) {
+    int64_t t = theta.size(-i), s = x.size(-i);
+    ok = t == 1 || t == s;
+  }
+  TORCH_CHECK(ok, "theta: expected shape broadcastable to x ", shape_str(x.sizes()), ", got ",
+              shape_str(theta.sizes()));
+  if (theta.numel() == 1) return ThetaMode::Scalar;
+  int64_t d = x.dim() ? x.size(-1) : 1;
+  if (theta.numel() == d && theta.size(-1) == d) return ThetaMode::Row;
+  return ThetaMode::Full;
+}
+
+// theta in x's accumulation dtype, laid out as the kernels read it:
+// 1 value (Scalar), last-dimension vector (Row) or x's full shape (Full).
+inline at::Tensor theta_for_kernel(const at::Tensor& x, const at::Tensor& theta, ThetaMode mode) {
+  auto acc = at::toOpMathType(x.scalar_type());
+  if (mode == ThetaMode::Scalar) return theta.reshape({1}).to(acc).contiguous();
+  if (mode == ThetaMode::Row) return theta.reshape({x.size(-1)}).to(acc).contiguous();
+  return theta.to(acc).expand(x.sizes()).contiguous();
+}
+
+// Reduce the elementwise theta gradient (already reduced to a vector for Row
+// mode, a single value for Scalar mode) to theta's shape and dtype.
+inline at::Tensor theta_grad_to_shape(const at::Tensor& g, const at::Tensor& theta, ThetaMode mode) {
+  if (mode == ThetaMode::Full) return at::sum_to(g, theta.sizes()).to(theta.scalar_type());
+  return g.reshape(theta.sizes()).to(theta.scalar_type());
+}
+
+inline Form parse_form(c10::string_view form) {
+  if (form == "mean_ratio") return Form::MeanRatio;
+  if (form == "ratio_of_means") return Form::RatioOfMeans;
+  if (form == "difference") return Form::Difference;
+  TORCH_CHECK_VALUE(false, "form: expected one of 'mean_ratio', 'ratio_of_means', 'difference', got '",
+                    std::string(form), "'");
+}
+
+inline void check_eps(double eps) {
+  TORCH_CHECK_VALUE(eps >= 0.0 && eps < 1.0, "eps: expected a value in [0, 1), got ", eps);
+}
+
+inline void check_iterates(const at::Tensor& iterates, const c10::optional<at::Tensor>& reference) {
+  check_floating(iterates, "iterates");
+  check_dim(iterates, "iterates", 3, "(L+1, B, m)");
+  TORCH_CHECK(iterates.size(0) >= 1, "iterates: expected at least one layer (L+1 >= 1), got shape ",
+              shape_str(iterates.sizes()));
+  if (reference.has_value() && reference->defined()) {
+    const auto& r = *reference;
+    check_floating(r, "reference");
+    check_same_dtype(r, "reference", iterates, "iterates");
+    check_same_device(r, "reference", iterates, "iterates");
+    TORCH_CHECK(r.dim() == 2 && r.size(0) == iterates.size(1) && r.size(1) == iterates.size(2),
+                "reference: expected shape (", iterates.size(1), ", ", iterates.size(2),
+                ") = (B, m) of iterates, got ", shape_str(r.sizes()));
+  }
+}
+
+inline void check_norms(const at::Tensor& norms) {
+  check_floating(norms, "norms");
+  check_dim(norms, "norms", 2, "(L+1, B)");
+  TORCH_CHECK(norms.size(0) >= 1, "norms: expected at least one layer (L+1 >= 1), got shape ",
+              shape_str(norms.sizes()));
+}
+
+inline bool has_reference(const c10::optional<at::Tensor>& reference) {
+  return reference.has_value() && reference->defined();
+}
+
+}  // namespace sdu

@@ -1,0 +1,81 @@
+// Elementwise and small-reduction formulas shared by the CPU and CUDA kernels,
+// so both backends compute exactly the same thing.
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+namespace sdu {
+
+// Denominators of the ratio constraint forms are floored at this value (in the
+// accumulation type) so a residual that is exactly zero cannot produce inf/NaN.
+constexpr double kRatioFloor = 1e-12;
+
+enum class Form : int { MeanRatio = 0, RatioOfMeans = 1, Difference = 2 };
+
+// y = sign(x) * max(|x| - t, 0). NaN in x propagates; x == 0 maps to 0 for any t
+// (including the negative thresholds the research initialisation can produce).
+template <typename T>
+C10_HOST_DEVICE inline T soft_threshold_value(T x, T t) {
+  if (x != x) return x;
+  T m = (x > T(0) ? x : -x) - t;
+  m = m > T(0) ? m : T(0);
+  return x > T(0) ? m : (x < T(0) ? -m : T(0));
+}
+
+// d y / d t = -sign(y): the backward needs only the output.
+template <typename T>
+C10_HOST_DEVICE inline T soft_threshold_dtheta(T g, T y) {
+  return y > T(0) ? -g : (y < T(0) ? g : T(0));
+}
+
+// Minimum-norm element of grad_i + alpha * d|y_i|.
+template <typename T>
+C10_HOST_DEVICE inline T min_norm_subgradient_value(T g, T y, T alpha) {
+  if (y > T(0)) return g + alpha;
+  if (y < T(0)) return g - alpha;
+  if (y != y) return y;
+  T m = (g > T(0) ? g : -g) - alpha;
+  m = m > T(0) ? m : T(0);
+  return g > T(0) ? m : (g < T(0) ? -m : g);
+}
+
+// d value / d grad: 1 off the dead zone, 0 inside it.
+template <typename T>
+C10_HOST_DEVICE inline bool min_norm_subgradient_passes(T g, T y, T alpha) {
+  return y != T(0) || g > alpha || g < -alpha;
+}
+
+// max(v, floor) that lets NaN through instead of hiding it behind the floor.
+template <typename T>
+C10_HOST_DEVICE inline T floored(T v) {
+  return v < T(kRatioFloor) ? T(kRatioFloor) : v;
+}
+
+// Per-sample constraint value for layer l from r_prev = r_{l-1}, r_cur = r_l.
+template <typename T>
+C10_HOST_DEVICE inline T descent_per_sample(T r_prev, T r_cur, T keep, Form form) {
+  if (form == Form::Difference) return r_cur - keep * r_prev;
+  return r_cur / floored(r_prev) - keep;
+}
+
+// Gradient of one constraint value with respect to one sample's residuals.
+// inv_b = 1 / B; mean_prev and mean_cur are only read by RatioOfMeans.
+template <typename T>
+C10_HOST_DEVICE inline void descent_sample_grads(
+    T g, T r_prev, T r_cur, T keep, Form form, T inv_b, T mean_prev, T mean_cur,
+    T* d_prev, T* d_cur) {
+  if (form == Form::Difference) {
+    *d_cur = g * inv_b;
+    *d_prev = -keep * g * inv_b;
+  } else if (form == Form::MeanRatio) {
+    T den = floored(r_prev);
+    *d_cur = g * inv_b / den;
+    *d_prev = r_prev < T(kRatioFloor) ? T(0) : -g * inv_b * r_cur / (den * den);
+  } else {
+    T den = floored(mean_prev);
+    *d_cur = g * inv_b / den;
+    *d_prev = mean_prev < T(kRatioFloor) ? T(0) : -g * inv_b * mean_cur / (den * den);
+  }
+}
+
+}  // namespace sdu
