@@ -9,42 +9,17 @@ Variables:
 """
 import glob
 import os
-import re
 import shutil
-import subprocess
 import sys
-import tempfile
 
 from setuptools import setup
 
 import torch
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from cuda_env import pip_cuda_include_dirs, real_cuda_home  # noqa: E402
 DEFAULT_ARCH_LIST = "8.0;8.6;8.9;9.0+PTX"
-
-
-def real_cuda_home():
-    """The toolkit folder of the nvcc on PATH, asked from nvcc itself.
-
-    The nvcc on PATH may be a wrapper script in another folder; its dry run prints
-    the real install's TOP, which is what torch's CUDA_HOME must point at.
-    """
-    nvcc = shutil.which("nvcc")
-    if nvcc is None:
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        src = os.path.join(tmp, "probe.cu")
-        open(src, "w").close()
-        try:
-            out = subprocess.run([nvcc, "--dryrun", "-c", src, "-o", os.path.join(tmp, "probe.o")],
-                                 capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.SubprocessError):
-            out = None
-    if out is not None:
-        match = re.search(r"^#\$ TOP=(.+)$", out.stdout + out.stderr, re.MULTILINE)
-        if match:
-            return os.path.realpath(match.group(1).strip())
-    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
 
 
 def want_cuda():
@@ -66,21 +41,20 @@ def want_cuda():
 
 
 def extension():
-    from torch.utils import cpp_extension
-
     with_cuda = want_cuda()
     if with_cuda and not os.environ.get("CUDA_HOME"):
         home = real_cuda_home()
         if home is None:
             sys.exit("FORCE_CUDA=1 but no nvcc was found on PATH and CUDA_HOME is unset")
         os.environ["CUDA_HOME"] = home
-        cpp_extension.CUDA_HOME = home  # torch read CUDA_HOME at import time
+    # Imported only now: torch.utils.cpp_extension reads CUDA_HOME at import time.
+    from torch.utils import cpp_extension
     if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
 
     debug = os.environ.get("SDU_DEBUG") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx = opt + ["-fopenmp", "-std=c++17"]
+    cxx = opt + ["-fopenmp"]
     macros = [("SDU_TORCH_VERSION", f'"{torch.__version__}"')]
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     kwargs = dict(
@@ -94,7 +68,8 @@ def extension():
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         kwargs["define_macros"] = macros + [("WITH_CUDA", None)]
-        kwargs["extra_compile_args"]["nvcc"] = opt + ["-std=c++17", "--expt-relaxed-constexpr"]
+        kwargs["extra_compile_args"]["nvcc"] = opt + ["--expt-relaxed-constexpr"]
+        kwargs["include_dirs"] = pip_cuda_include_dirs()
         return cpp_extension.CUDAExtension(**kwargs)
     return cpp_extension.CppExtension(**kwargs)
 

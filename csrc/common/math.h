@@ -4,6 +4,8 @@
 
 #include <c10/macros/Macros.h>
 
+#include <cmath>
+
 namespace sdu {
 
 // Denominators of the ratio constraint forms are floored at this value (in the
@@ -12,14 +14,15 @@ constexpr double kRatioFloor = 1e-12;
 
 enum class Form : int { MeanRatio = 0, RatioOfMeans = 1, Difference = 2 };
 
-// y = sign(x) * max(|x| - t, 0). NaN in x propagates; x == 0 maps to 0 for any t
-// (including the negative thresholds the research initialisation can produce).
+// y = sign(x) * max(|x| - t, 0). Written as abs/copysign and selects so CPU loops
+// auto-vectorise; NaN in x propagates (the clamp keeps NaN); x == 0 maps to 0 for
+// any t (including the negative thresholds the research initialisation can produce).
 template <typename T>
 C10_HOST_DEVICE inline T soft_threshold_value(T x, T t) {
-  if (x != x) return x;
-  T m = (x > T(0) ? x : -x) - t;
-  m = m > T(0) ? m : T(0);
-  return x > T(0) ? m : (x < T(0) ? -m : T(0));
+  T a = std::abs(x) - t;
+  T m = a < T(0) ? T(0) : a;
+  T y = std::copysign(m, x);
+  return x == T(0) ? T(0) : y;
 }
 
 // d y / d t = -sign(y): the backward needs only the output.
