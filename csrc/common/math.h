@@ -31,15 +31,15 @@ C10_HOST_DEVICE inline T soft_threshold_dtheta(T g, T y) {
   return y > T(0) ? -g : (y < T(0) ? g : T(0));
 }
 
-// Minimum-norm element of grad_i + alpha * d|y_i|.
+// Minimum-norm element of grad_i + alpha * d|y_i|: grad_i + alpha sign(y_i) off
+// zero, shrink(grad_i, alpha) at zero; NaN in y propagates. Branch-free (see above).
 template <typename T>
 C10_HOST_DEVICE inline T min_norm_subgradient_value(T g, T y, T alpha) {
-  if (y > T(0)) return g + alpha;
-  if (y < T(0)) return g - alpha;
-  if (y != y) return y;
-  T m = (g > T(0) ? g : -g) - alpha;
-  m = m > T(0) ? m : T(0);
-  return g > T(0) ? m : (g < T(0) ? -m : g);
+  T off = g + std::copysign(alpha, y);
+  T a = std::abs(g) - alpha;
+  T at_zero = std::copysign(a < T(0) ? T(0) : a, g);
+  T v = y == T(0) ? at_zero : off;
+  return y != y ? y : v;
 }
 
 // d value / d grad: 1 off the dead zone, 0 inside it.

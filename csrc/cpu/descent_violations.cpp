@@ -9,7 +9,7 @@
 #include "../common/checks.h"
 #include "../common/math.h"
 #include "kernels.h"
-#include "vec_utils.h"
+#include "utils.h"
 
 namespace sdu::cpu {
 namespace {

@@ -6,7 +6,7 @@
 
 #include "../common/checks.h"
 #include "../common/math.h"
-#include "vec_utils.h"
+#include "utils.h"
 
 namespace sdu::cpu {
 namespace {
@@ -21,18 +21,28 @@ void check_args(const at::Tensor& grad, const at::Tensor& y, double alpha) {
   TORCH_CHECK_VALUE(alpha >= 0, "alpha: expected a non-negative value, got ", alpha);
 }
 
-// f(g, y, out_index) over contiguous accumulation-dtype copies, in parallel.
+template <typename T, typename F>
+void loop(const T* __restrict a, const T* __restrict b, const T* __restrict c, T* __restrict out,
+          int64_t begin, int64_t end, const F& f) {
+  if (c) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) out[i] = f(a[i], b[i], c[i]);
+  } else {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) out[i] = f(a[i], b[i], T(0));
+  }
+}
+
+// f(g, y, grad_out) over contiguous accumulation-dtype copies, in parallel.
 template <typename F>
 at::Tensor elementwise(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, const F& f) {
-  auto out = at::empty_like(a, at::MemoryFormat::Contiguous);
+  auto out = new_output_like(a);
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "min_norm_subgradient_cpu", [&] {
     const scalar_t* ap = a.const_data_ptr<scalar_t>();
     const scalar_t* bp = b.const_data_ptr<scalar_t>();
     const scalar_t* cp = c.defined() ? c.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, a.numel(), kGrain, [&](int64_t s, int64_t e) {
-      for (int64_t i = s; i < e; ++i) op[i] = f(ap[i], bp[i], cp ? cp[i] : scalar_t(0));
-    });
+    at::parallel_for(0, a.numel(), kGrain, [&](int64_t s, int64_t e) { loop(ap, bp, cp, op, s, e, f); });
   });
   return out;
 }

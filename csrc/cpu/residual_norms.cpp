@@ -2,42 +2,61 @@
 // stacked (L+1, B, m) tensor, and their backward (one pass over the iterates).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <cmath>
 
 #include "../common/checks.h"
 #include "kernels.h"
-#include "vec_utils.h"
+#include "utils.h"
 
 namespace sdu::cpu {
 namespace {
 
-using at::vec::Vectorized;
-
+// Plain loops with `omp simd` reductions: the compiler vectorises them for the
+// build's instruction set (see soft_threshold.cpp).
 template <typename T>
-T squared_distance(const T* a, const T* r, int64_t m) {
-  using V = Vectorized<T>;
-  V acc(T(0));
-  int64_t i = 0;
+T squared_distance(const T* __restrict a, const T* __restrict r, int64_t m) {
+  T s = 0;
   if (r) {
-    for (; i + V::size() <= m; i += V::size()) {
-      V d = V::loadu(a + i) - V::loadu(r + i);
-      acc = at::vec::fmadd(d, d, acc);
-    }
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < m; ++i) s += (a[i] - r[i]) * (a[i] - r[i]);
   } else {
-    for (; i + V::size() <= m; i += V::size()) {
-      V d = V::loadu(a + i);
-      acc = at::vec::fmadd(d, d, acc);
-    }
-  }
-  T s = at::vec::vec_reduce_all<T>([](V x, V y) { return x + y; }, acc);
-  for (; i < m; ++i) {
-    T d = a[i] - (r ? r[i] : T(0));
-    s += d * d;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < m; ++i) s += a[i] * a[i];
   }
   return s;
+}
+
+// g_it[l, b] = s[l, b] (it[l, b] - ref[b]); g_ref[b] = -sum_l g_it[l, b]. Parallel
+// over samples, so each task owns its reference-gradient rows.
+template <typename T>
+void backward_kernel(const T* ip, const T* rp, const T* sp, T* gp, T* grp, int64_t L1, int64_t B,
+                     int64_t m) {
+  int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(m * L1, 1));
+  at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const T* __restrict r = rp ? rp + b * m : nullptr;
+      T* __restrict gr = grp ? grp + b * m : nullptr;
+      if (gr) std::fill(gr, gr + m, T(0));
+      for (int64_t l = 0; l < L1; ++l) {
+        const T* __restrict a = ip + (l * B + b) * m;
+        T* __restrict ga = gp + (l * B + b) * m;
+        const T s = sp[l * B + b];
+        if (r) {
+#pragma omp simd
+          for (int64_t i = 0; i < m; ++i) {
+            T v = (a[i] - r[i]) * s;
+            ga[i] = v;
+            gr[i] -= v;
+          }
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < m; ++i) ga[i] = a[i] * s;
+        }
+      }
+    }
+  });
 }
 
 }  // namespace
@@ -78,50 +97,21 @@ std::tuple<at::Tensor, at::Tensor> residual_norms_backward_cpu(
               ", got ", shape_str(norms.sizes()));
   bool has_ref = has_reference(reference);
   auto it = as_acc(iterates).contiguous();
-  auto g_it = at::empty_like(it, at::MemoryFormat::Contiguous);
+  auto g_it = new_output_like(it);
   at::Tensor ref, g_ref;
   if (has_ref) {
     ref = as_acc(*reference).contiguous();
-    g_ref = at::empty_like(ref, at::MemoryFormat::Contiguous);
+    g_ref = new_output_like(ref);
   }
   if (it.numel() > 0) {
     auto scale = (grad.to(it.scalar_type()) / norms.to(it.scalar_type()))
                      .masked_fill(norms == 0, 0)
                      .contiguous();
     AT_DISPATCH_FLOATING_TYPES(it.scalar_type(), "residual_norms_backward_cpu", [&] {
-      using T = scalar_t;
-      using V = Vectorized<T>;
-      const T* ip = it.const_data_ptr<T>();
-      const T* rp = has_ref ? ref.const_data_ptr<T>() : nullptr;
-      const T* sp = scale.const_data_ptr<T>();
-      T* gp = g_it.mutable_data_ptr<T>();
-      T* grp = has_ref ? g_ref.mutable_data_ptr<T>() : nullptr;
-      int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(m * L1, 1));
-      // Parallel over samples: each task owns its reference-gradient rows.
-      at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const T* r = rp ? rp + b * m : nullptr;
-          T* gr = grp ? grp + b * m : nullptr;
-          if (gr) std::fill(gr, gr + m, T(0));
-          for (int64_t l = 0; l < L1; ++l) {
-            const T* a = ip + (l * B + b) * m;
-            T* ga = gp + (l * B + b) * m;
-            const V s(sp[l * B + b]);
-            int64_t i = 0;
-            for (; i + V::size() <= m; i += V::size()) {
-              V d = r ? V::loadu(a + i) - V::loadu(r + i) : V::loadu(a + i);
-              V v = d * s;
-              v.store(ga + i);
-              if (gr) (V::loadu(gr + i) - v).store(gr + i);
-            }
-            for (; i < m; ++i) {
-              T v = (a[i] - (r ? r[i] : T(0))) * sp[l * B + b];
-              ga[i] = v;
-              if (gr) gr[i] -= v;
-            }
-          }
-        }
-      });
+      backward_kernel<scalar_t>(it.const_data_ptr<scalar_t>(),
+                                has_ref ? ref.const_data_ptr<scalar_t>() : nullptr,
+                                scale.const_data_ptr<scalar_t>(), g_it.mutable_data_ptr<scalar_t>(),
+                                has_ref ? g_ref.mutable_data_ptr<scalar_t>() : nullptr, L1, B, m);
     });
   } else if (has_ref) {
     g_ref.zero_();

@@ -10,7 +10,7 @@
 
 #include "../common/checks.h"
 #include "../common/math.h"
-#include "vec_utils.h"
+#include "utils.h"
 
 namespace sdu::cpu {
 namespace {
@@ -102,7 +102,7 @@ at::Tensor soft_threshold_cpu(const at::Tensor& x, const at::Tensor& theta) {
   auto mode = check_theta(x, theta);
   if (x.numel() == 0) return at::empty_like(x, at::MemoryFormat::Contiguous);
   auto xa = as_acc(x).contiguous();
-  auto out = at::empty_like(xa, at::MemoryFormat::Contiguous);
+  auto out = new_output_like(xa);
   forward_into(xa, theta, mode, out);
   return is_reduced(x) ? out.to(x.scalar_type()) : out;
 }
@@ -132,7 +132,7 @@ std::tuple<at::Tensor, at::Tensor> soft_threshold_backward_cpu(
   }
   auto ga = as_acc(grad).to(acc_type).contiguous();
   auto ya = as_acc(y).contiguous();
-  auto gx = at::empty_like(ya, at::MemoryFormat::Contiguous);
+  auto gx = new_output_like(ya);
   int64_t n = ya.numel();
   int64_t d = ya.dim() ? ya.size(-1) : 1;
   int nthreads = at::get_num_threads();
