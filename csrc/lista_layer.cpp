@@ -37,7 +37,7 @@ at::Tensor lista_layer(const at::Tensor& y, const at::Tensor& xs, const at::Tens
   out.addmm_(xs, W2.t());
   static auto threshold = c10::Dispatcher::singleton()
                               .findSchemaOrThrow("sdu::soft_threshold_", "")
-                              .typed<at::Tensor&(at::Tensor&, const at::Tensor&)>();
+                              .typed<void(at::Tensor&, const at::Tensor&)>();
   threshold.call(out, theta);
   return out;
 }

@@ -40,7 +40,9 @@ PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(sdu, m) {
   m.def("soft_threshold(Tensor x, Tensor theta) -> Tensor");
-  m.def("soft_threshold_(Tensor(a!) x, Tensor theta) -> Tensor(a!)");
+  // Returns nothing (the wrapper returns x): torch.compile functionalises custom
+  // mutating ops only when their outputs do not alias an input.
+  m.def("soft_threshold_(Tensor(a!) x, Tensor theta) -> ()");
   m.def("soft_threshold_backward(Tensor grad, Tensor y, Tensor theta) -> (Tensor, Tensor)");
   m.def("lista_layer(Tensor y, Tensor xs, Tensor W1, Tensor W2, Tensor theta) -> Tensor");
   m.def("residual_norms(Tensor iterates, Tensor? reference) -> Tensor");

@@ -151,7 +151,8 @@ def soft_threshold_(x, theta):
     theta = _as_theta(theta, x)
     if torch.is_grad_enabled() and (x.requires_grad or theta.requires_grad):
         return _SoftThresholdInplace.apply(x, theta)
-    return _ops.soft_threshold_(x, theta)
+    _ops.soft_threshold_(x, theta)
+    return x
 
 
 def lista_layer(y, xs, W1, W2, theta):
@@ -229,7 +230,6 @@ def _(x, theta):
 def _(x, theta):
     _check_floating(x, "x")
     _check_theta(x, theta)
-    return x
 
 
 @torch.library.register_fake("sdu::soft_threshold_backward")

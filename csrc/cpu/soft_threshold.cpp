@@ -107,16 +107,15 @@ at::Tensor soft_threshold_cpu(const at::Tensor& x, const at::Tensor& theta) {
   return is_reduced(x) ? out.to(x.scalar_type()) : out;
 }
 
-at::Tensor& soft_threshold_inplace_cpu(at::Tensor& x, const at::Tensor& theta) {
+void soft_threshold_inplace_cpu(at::Tensor& x, const at::Tensor& theta) {
   check_floating(x, "x");
   auto mode = check_theta(x, theta);
-  if (x.numel() == 0) return x;
+  if (x.numel() == 0) return;
   if (!is_reduced(x) && x.is_contiguous()) {
     forward_into(x, theta, mode, x);
   } else {
     x.copy_(soft_threshold_cpu(x, theta));
   }
-  return x;
 }
 
 std::tuple<at::Tensor, at::Tensor> soft_threshold_backward_cpu(

@@ -68,17 +68,16 @@ at::Tensor soft_threshold_cuda(const at::Tensor& x, const at::Tensor& theta) {
   return out;
 }
 
-at::Tensor& soft_threshold_inplace_cuda(at::Tensor& x, const at::Tensor& theta) {
+void soft_threshold_inplace_cuda(at::Tensor& x, const at::Tensor& theta) {
   check_floating(x, "x");
   auto mode = check_theta(x, theta);
   c10::cuda::CUDAGuard guard(x.device());
-  if (x.numel() == 0) return x;
+  if (x.numel() == 0) return;
   if (x.is_contiguous()) {
     forward_into(x, theta, mode, x);
   } else {
     x.copy_(soft_threshold_cuda(x, theta));
   }
-  return x;
 }
 
 // Flat layout (Scalar and Full theta): grad_x elementwise; the theta gradient is
