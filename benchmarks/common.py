@@ -7,6 +7,7 @@ import os
 import platform
 import socket
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -121,14 +122,14 @@ def time_job(
     return times, first_call_s
 
 
-def _unique_storage_bytes(tensors: Iterable[torch.Tensor]) -> tuple[int, set[int]]:
+def _unique_storages(tensors: Iterable[torch.Tensor]) -> tuple[int, dict[int, int]]:
+    """Total bytes of the distinct storages behind ``tensors``, and {data_ptr: nbytes}."""
     seen: dict[int, int] = {}
     for t in tensors:
-        if not isinstance(t, torch.Tensor):
-            continue
-        storage = t.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
-    return sum(seen.values()), set(seen)
+        if isinstance(t, torch.Tensor):
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values()), seen
 
 
 def flatten_tensors(obj: Any) -> list[torch.Tensor]:
@@ -144,8 +145,8 @@ def flatten_tensors(obj: Any) -> list[torch.Tensor]:
 class MemoryAccount:
     """Bytes an op keeps alive for backward, and the bytes of its outputs."""
 
-    saved_bytes: int  # unique storages packed by autograd (inputs included)
-    saved_extra_bytes: int  # same, excluding storages owned by the inputs
+    saved_bytes: int  # unique storages packed by autograd (inputs and outputs included)
+    saved_extra_bytes: int  # same, excluding storages owned by the inputs or the outputs
     output_bytes: int
 
 
@@ -153,8 +154,9 @@ def saved_for_backward(fn: Callable[[], Any], inputs: Iterable[torch.Tensor]) ->
     """Run ``fn`` once and account for what autograd saves for backward.
 
     Uses ``saved_tensors_hooks`` so it works for eager ops, C++ autograd
-    functions and AOTAutograd graphs alike. Returns None if the provider
-    refuses to run under the hooks.
+    functions and AOTAutograd graphs alike. ``saved_extra_bytes`` is the memory
+    kept alive only because backward needs it (inputs and outputs are alive
+    anyway). Returns None if the provider refuses to run under the hooks.
     """
     packed: list[torch.Tensor] = []
 
@@ -167,16 +169,13 @@ def saved_for_backward(fn: Callable[[], Any], inputs: Iterable[torch.Tensor]) ->
             out = fn()
     except Exception:  # noqa: BLE001 - report "n/a" rather than abort the run
         return None
-    saved, saved_ptrs = _unique_storage_bytes(packed)
-    _, input_ptrs = _unique_storage_bytes(inputs)
-    extra = sum(
-        p.untyped_storage().nbytes()
-        for p in {t.untyped_storage().data_ptr(): t for t in packed}.values()
-        if p.untyped_storage().data_ptr() not in input_ptrs
-    )
-    output_bytes, _ = _unique_storage_bytes(flatten_tensors(out))
+    saved_total, saved = _unique_storages(packed)
+    output_bytes, outputs = _unique_storages(flatten_tensors(out))
+    _, owned = _unique_storages(inputs)
+    owned.update(outputs)
+    extra = sum(nbytes for ptr, nbytes in saved.items() if ptr not in owned)
     del out, packed
-    return MemoryAccount(saved, extra, output_bytes)
+    return MemoryAccount(saved_total, extra, output_bytes)
 
 
 def cuda_peak_bytes(prepare: Callable[[], Callable[[], Any]]) -> int | None:
@@ -246,4 +245,26 @@ def machine_info(device: str, build_info: dict | None) -> dict[str, str]:
         info["thp_sysfs"] = "unknown"
     for key, value in (build_info or {}).items():
         info[f"sdu_ext_{key}"] = str(value)
+    info["git"] = _git_revision()
+    try:
+        import sdu_ext._C as ext
+
+        # The extension may be rebuilt between runs of the same commit.
+        info["sdu_ext_C_mtime"] = datetime.datetime.fromtimestamp(os.path.getmtime(ext.__file__)).isoformat(
+            timespec="seconds")
+    except (ImportError, OSError):
+        pass
     return info
+
+
+def _git_revision() -> str:
+    """Short commit of the repository holding this file, '+dirty' if it has local changes."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        rev = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")

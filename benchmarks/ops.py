@@ -18,7 +18,7 @@ Modes
 
 Usage
     python benchmarks/ops.py [--device cpu|cuda] [--reps N] [--quick] [--out DIR]
-    python benchmarks/ops.py --summary [--device cpu|cuda] [--out DIR]   # re-check targets
+    python benchmarks/ops.py --summary [--device cpu|cuda] [--out DIR]   # targets from the CSV
 
 Writes ``ops_<device>.csv`` (one row per case/variant/provider/mode, machine info in
 every row) and ``ops_<device>.md`` (tables, ratios, target check) under ``--out``.
@@ -29,6 +29,8 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,11 +73,12 @@ LISTA_SHAPE = (512, 1228, 1024)  # (B, m, n)
 #     forward  read iterates and reference                      4(P + R)
 #     backward read both again, write grad_iterates             4(2P + R)
 #     full                                                      4(3P + 2R)
-#   lista_layer, (B, m, n): GEMM-bound, so GFLOP/s is the figure of merit; bytes:
-#     forward  read y, xs, W1, W2, write out                    4(Bm + 2Bn + nm + nn)
-#     backward read grad, saved pre-activation, y, xs, W1, W2;
-#              write grad_y, grad_xs, grad_W1, grad_W2          4(2Bn + 2(Bm + Bn + nm + nn))
-#   FLOPs (lista_layer and matmul_only): forward 2Bn(m+n), backward 4Bn(m+n).
+#   lista_layer, y (B, m), xs (B, n), W1 (m, m), W2 (m, n), out (B, m) (SPEC section 2):
+#     GEMM-bound, so GFLOP/s is the figure of merit; bytes:
+#     forward  read y, xs, W1, W2, write out                    4(2Bm + Bn + m^2 + mn)
+#     backward read grad, saved out (or pre-activation), y, xs, W1, W2;
+#              write grad_y, grad_xs, grad_W1, grad_W2          4(2Bm + 2(Bm + Bn + m^2 + mn))
+#   FLOPs (lista_layer and matmul_only): forward 2Bm(m+n), backward 4Bm(m+n).
 def _st_bytes(n: int) -> dict[str, int]:
     return {"forward": 8 * n, "backward": 12 * n, "full": 20 * n}
 
@@ -85,13 +88,14 @@ def _dc_bytes(p: int, r: int) -> dict[str, int]:
 
 
 def _lista_bytes(b: int, m: int, n: int) -> dict[str, int]:
-    fwd = 4 * (b * m + 2 * b * n + n * m + n * n)
-    bwd = 4 * (2 * b * n + 2 * (b * m + b * n + n * m + n * n))
+    inputs = b * m + b * n + m * m + m * n
+    fwd = 4 * (inputs + b * m)
+    bwd = 4 * (2 * b * m + 2 * inputs)
     return {"forward": fwd, "backward": bwd, "full": fwd + bwd}
 
 
 def _lista_flops(b: int, m: int, n: int) -> dict[str, int]:
-    fwd = 2 * b * n * (m + n)
+    fwd = 2 * b * m * (m + n)
     return {"forward": fwd, "backward": 2 * fwd, "full": 3 * fwd}
 
 
@@ -117,11 +121,6 @@ class Bench:
     modes: tuple[str, ...] = MODES
     bytes_model: dict[str, int] = field(default_factory=dict)
     flops: dict[str, int] = field(default_factory=dict)
-    warmup_extra: int = 0
-
-
-def _compile(fn: Callable) -> Callable:
-    return torch.compile(fn)
 
 
 def _inplace_args(x: torch.Tensor, theta: torch.Tensor) -> Callable[[], list[Any]]:
@@ -159,7 +158,7 @@ def build_benches(device: str, ops: set[str]) -> list[Bench]:
         for provider, fn in (
             ("sdu_ext", sdu_ops.soft_threshold),
             ("eager", reference.soft_threshold),
-            ("compile", _compile(reference.soft_threshold)),
+            ("compile", torch.compile(reference.soft_threshold)),
         ):
             benches.append(Bench(case, "soft_threshold", "out_of_place", provider, fn, [x, theta],
                                  grad_inputs=[x, theta], bytes_model=bm))
@@ -176,7 +175,7 @@ def build_benches(device: str, ops: set[str]) -> list[Bench]:
         iterates = randn(*DC_SHAPE).requires_grad_()
         ref = randn(*DC_SHAPE[1:])
         bm = _dc_bytes(iterates.numel(), ref.numel())
-        compiled_dc = _compile(reference.descent_constraints)
+        compiled_dc = torch.compile(reference.descent_constraints)
         for form in DC_FORMS:
             case = f"descent_constraints {form} {DC_SHAPE[0]}x{DC_SHAPE[1]}x{DC_SHAPE[2]}"
             for provider, fn in (
@@ -194,17 +193,18 @@ def build_benches(device: str, ops: set[str]) -> list[Bench]:
     if "lista_layer" in ops:
         b, m, n = LISTA_SHAPE
         case = f"lista_layer B={b} m={m} n={n}"
+        # Shapes as in SPEC section 2: code y (B, m), signal xs (B, n), per-coordinate theta.
         y = randn(b, m).requires_grad_()
         xs = randn(b, n).requires_grad_()
-        w1 = randn(n, m, scale=m ** -0.5).requires_grad_()
-        w2 = randn(n, n, scale=n ** -0.5).requires_grad_()
-        theta = torch.tensor(0.5, device=device, requires_grad=True)
+        w1 = randn(m, m, scale=m ** -0.5).requires_grad_()
+        w2 = randn(m, n, scale=n ** -0.5).requires_grad_()
+        theta = torch.full((m,), 0.5, device=device, requires_grad=True)
         args = [y, xs, w1, w2, theta]
         bm, fl = _lista_bytes(b, m, n), _lista_flops(b, m, n)
         for provider, fn in (
             ("sdu_ext", sdu_ops.lista_layer),
             ("eager", reference.lista_layer),
-            ("compile", _compile(reference.lista_layer)),
+            ("compile", torch.compile(reference.lista_layer)),
             ("matmul_only", _matmul_only),
         ):
             benches.append(Bench(case, "lista_layer", "-", provider, fn, args, grad_inputs=args,
@@ -296,12 +296,26 @@ def run_benchmarks(args: argparse.Namespace) -> list[dict[str, Any]]:
     benches = build_benches(device, set(args.ops))
     jobs = [(b, m) for b in benches for m in b.modes]
     rows: list[dict[str, Any]] = []
-    memory: dict[int, MemoryAccount | None] = {}
-    errors: dict[int, float | None] = {}
     eager_of = {(b.case, b.op): b for b in benches if b.provider == "eager"}
     eager_of.update({(b.case, "soft_threshold_"): eager_of.get((b.case, "soft_threshold"))
                      for b in benches if b.op == "soft_threshold"})
 
+    try:
+        _run_jobs(args, jobs, rows, info, eager_of)
+    except KeyboardInterrupt:
+        # SIGINT, or SIGTERM from `timeout` (see main): keep what was measured.
+        print(f"interrupted: writing the {len(rows)} of {len(jobs)} rows measured so far", file=sys.stderr)
+        info["partial"] = f"{len(rows)}/{len(jobs)} jobs"
+        for r in rows:
+            r["partial"] = info["partial"]
+    add_ratios(rows)
+    return rows
+
+
+def _run_jobs(args, jobs, rows, info, eager_of) -> None:
+    device = args.device
+    memory: dict[int, MemoryAccount | None] = {}
+    errors: dict[int, float | None] = {}
     for bench, mode in tqdm(jobs, desc=f"ops[{device}]", unit="job", dynamic_ncols=True):
         warmup = args.warmup + (args.compile_warmup if bench.provider == "compile" else 0)
         prepare = make_prepare(bench, mode)
@@ -333,11 +347,11 @@ def run_benchmarks(args: argparse.Namespace) -> list[dict[str, Any]]:
             "peak_MB": peak / MB if peak is not None else None,
             "rel_err_vs_eager": errors.get(key),
             "first_call_s": first_call_s,
+            # Other processes competing for the cores distort every CPU figure.
+            "loadavg_1m": os.getloadavg()[0],
         }
         row.update(info)
         rows.append(row)
-    add_ratios(rows)
-    return rows
 
 
 def _lookup(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
@@ -446,6 +460,7 @@ CSV_FIELDS = [
     "speedup_vs_eager", "speedup_vs_eager_min", "speedup_vs_compile", "speedup_vs_compile_min",
     "bytes_model", "gbps_median", "gbps_min", "frac_copy_prealloc", "frac_copy_fresh", "gflops_median",
     "saved_for_backward_MB", "saved_extra_MB", "output_MB", "peak_MB", "rel_err_vs_eager", "first_call_s",
+    "loadavg_1m",
 ]
 
 
@@ -491,9 +506,9 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, device: str) -> None:
         lines += [f"## {case}", ""]
         lines += [
             "| op | variant | provider | mode | median | p20 | p80 | min | vs eager | vs compile "
-            "| vs eager (min) | GB/s | /copy prealloc | /copy fresh | GFLOP/s | saved_for_backward_MB "
-            "| saved_extra_MB | output_MB | peak_MB | rel err | first call s |",
-            "| --- | --- | --- | --- |" + " ---: |" * 17,
+            "| vs eager (min) | vs compile (min) | GB/s | /copy prealloc | /copy fresh | GFLOP/s | saved_for_backward_MB "
+            "| saved_extra_MB | output_MB | peak_MB | rel err | first call s | load 1m |",
+            "| --- | --- | --- | --- |" + " ---: |" * 19,
         ]
         for r in rows:
             if r["case"] != case:
@@ -503,11 +518,13 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, device: str) -> None:
                 f"| {_fmt(r['median_ms'], '.3f')} | {_fmt(r['p20_ms'], '.3f')} | {_fmt(r['p80_ms'], '.3f')} "
                 f"| {_fmt(r['min_ms'], '.3f')} | {_fmt(r['speedup_vs_eager'], '.2f')} "
                 f"| {_fmt(r['speedup_vs_compile'], '.2f')} | {_fmt(r['speedup_vs_eager_min'], '.2f')} "
+                f"| {_fmt(r['speedup_vs_compile_min'], '.2f')} "
                 f"| {_fmt(r['gbps_median'], '.1f')} | {_fmt(r['frac_copy_prealloc'], '.2f')} "
                 f"| {_fmt(r['frac_copy_fresh'], '.2f')} | {_fmt(r['gflops_median'], '.1f')} "
                 f"| {_fmt(r['saved_for_backward_MB'], '.1f')} | {_fmt(r['saved_extra_MB'], '.1f')} "
                 f"| {_fmt(r['output_MB'], '.1f')} | {_fmt(r['peak_MB'], '.1f')} "
-                f"| {_fmt(r['rel_err_vs_eager'], '.1e')} | {_fmt(r['first_call_s'], '.2f')} |"
+                f"| {_fmt(r['rel_err_vs_eager'], '.1e')} | {_fmt(r['first_call_s'], '.2f')} "
+                f"| {_fmt(r['loadavg_1m'], '.1f')} |"
             )
         lines.append("")
     lines += ["## Targets", "", format_targets(targets(rows)), "", NOTES]
@@ -529,15 +546,22 @@ NOTES = """## Method
   composition has no preallocated-output form; the `copy_prealloc` row is the context
   for what writing into a resident buffer costs.
 - `saved_for_backward_MB`: unique storages packed by autograd's saved-tensor hooks during
-  one forward (inputs included); `saved_extra_MB` excludes storages owned by the inputs;
-  `output_MB`: the outputs. `peak_MB` (CUDA only): `max_memory_allocated` during one
-  timed call above what was live before it.
+  one forward (inputs and outputs included); `saved_extra_MB`: the part not owned by an
+  input or an output, i.e. memory kept alive only for backward; `output_MB`: the outputs.
+  `peak_MB` (CUDA only): `max_memory_allocated` during one timed call above what was live
+  before it.
 - `rel err`: max over outputs and gradients of ||this - eager|| / ||eager||.
+- `load 1m`: the 1-minute load average when the row was written; this process counts
+  for about one per busy thread, so anything well above `threads` means other work
+  shared the cores and the CPU figures of that row are suspect.
+- CPU figures for fresh outputs depend on `THP_MEM_ALLOC_ENABLE` (PyTorch's CPU
+  allocator then asks for transparent huge pages, which changes the page-fault cost of
+  every new allocation) and on the kernel's THP mode, both recorded above.
 - Byte models (float32, N elements; P = (L+1)·B·m iterate elements, R = B·m):
   soft_threshold forward 8N, backward 12N (read grad and x, write grad_x), full 20N;
   descent_constraints forward 4(P+R), backward 4(2P+R), full 4(3P+2R);
-  lista_layer forward 4(Bm+2Bn+nm+n²), backward 4(2Bn+2(Bm+Bn+nm+n²)) and
-  FLOPs forward 2Bn(m+n), backward twice that.
+  lista_layer (y (B,m), xs (B,n), W1 (m,m), W2 (m,n)) forward 4(2Bm+Bn+m²+mn),
+  backward 4(2Bm+2(Bm+Bn+m²+mn)); FLOPs forward 2Bm(m+n), backward twice that.
 """
 
 
@@ -576,7 +600,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads before running")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--summary", action="store_true",
-                   help="only re-check the targets from an existing ops_<device>.csv")
+                   help="re-check the targets and re-render ops_<device>.md from an existing "
+                        "ops_<device>.csv, without running anything")
     args = p.parse_args(argv)
     if args.reps is None:
         args.reps = 5 if args.quick else 30
@@ -591,7 +616,9 @@ def main(argv: list[str] | None = None) -> int:
     csv_path = args.out / f"ops_{args.device}.csv"
     md_path = args.out / f"ops_{args.device}.md"
     if args.summary:
-        print_summary(read_csv(csv_path))
+        rows = read_csv(csv_path)
+        write_markdown(rows, md_path, args.device)
+        print_summary(rows)
         return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: torch.cuda.is_available() is False", file=sys.stderr)
@@ -599,13 +626,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     rows = run_benchmarks(args)
+    if not rows:
+        return 1
     write_csv(rows, csv_path)
     write_markdown(rows, md_path, args.device)
     print(format_compact(rows))
     print_summary(rows)
     print(f"wrote {csv_path} and {md_path}")
-    return 0
+    return 2 if "partial" in rows[0] else 0
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ at::Tensor lista_layer(const at::Tensor& y, const at::Tensor& xs, const at::Tens
   check_matrix(xs, "xs", B, n, "(B, n) with B from y", y);
   check_matrix(W1, "W1", m, m, "(m, m) with m from y", y);
   check_matrix(W2, "W2", m, n, "(m, n) with m from y and n from xs", y);
-  check_theta(y, theta);
+  check_theta(y, theta, "y");
 
   auto out = at::mm(y, W1.t());
   out.addmm_(xs, W2.t());

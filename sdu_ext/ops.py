@@ -18,7 +18,7 @@ _FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _shape(t):
-    s = tuple(t.shape)
+    s = tuple(getattr(t, "shape", t))
     return "(" + ", ".join(str(v) for v in s) + ("," if len(s) == 1 else "") + ")"
 
 
@@ -36,19 +36,21 @@ def _check_like(t, name, ref, ref_name, dtype=True):
         raise RuntimeError(f"{name}: expected device {ref.device} (same as {ref_name}), got {t.device}")
 
 
-def _check_theta(x, theta):
+def _check_theta(x, theta, x_name="x"):
     _check_floating(theta, "theta")
-    _check_like(theta, "theta", x, "x", dtype=False)
+    _check_like(theta, "theta", x, x_name, dtype=False)
     ok = theta.dim() <= x.dim() and all(
         t == 1 or t == s for t, s in zip(reversed(theta.shape), reversed(x.shape))
     )
     if not ok:
-        raise RuntimeError(f"theta: expected shape broadcastable to x {_shape(x)}, got {_shape(theta)}")
+        raise RuntimeError(
+            f"theta: expected shape broadcastable to {x_name} {_shape(x)}, got {_shape(theta)}"
+        )
 
 
 def _check_eps_form(eps, form):
     if not (0.0 <= eps < 1.0):
-        raise ValueError(f"eps: expected a value in [0, 1), got {eps}")
+        raise ValueError(f"eps: expected a value in [0, 1), got {eps:g}")
     if form not in FORMS:
         raise ValueError(
             "form: expected one of " + ", ".join(f"'{f}'" for f in FORMS) + f", got '{form}'"
@@ -57,8 +59,12 @@ def _check_eps_form(eps, form):
 
 def _check_iterates(iterates, reference):
     _check_floating(iterates, "iterates")
-    if iterates.dim() != 3 or iterates.shape[0] < 1:
+    if iterates.dim() != 3:
         raise RuntimeError(f"iterates: expected a 3-D tensor (L+1, B, m), got shape {_shape(iterates)}")
+    if iterates.shape[0] < 1:
+        raise RuntimeError(
+            f"iterates: expected at least one layer (L+1 >= 1), got shape {_shape(iterates)}"
+        )
     if reference is not None:
         _check_floating(reference, "reference")
         _check_like(reference, "reference", iterates, "iterates")
@@ -71,18 +77,19 @@ def _check_iterates(iterates, reference):
 
 def _check_norms(norms):
     _check_floating(norms, "norms")
-    if norms.dim() != 2 or norms.shape[0] < 1:
+    if norms.dim() != 2:
         raise RuntimeError(f"norms: expected a 2-D tensor (L+1, B), got shape {_shape(norms)}")
+    if norms.shape[0] < 1:
+        raise RuntimeError(f"norms: expected at least one layer (L+1 >= 1), got shape {_shape(norms)}")
 
 
 def _check_subgradient(grad, y, alpha):
     _check_floating(grad, "grad")
     _check_floating(y, "y")
     _check_like(y, "y", grad, "grad")
-    if y.shape != grad.shape:
-        raise RuntimeError(f"y: expected shape {_shape(grad)} (same as grad), got {_shape(y)}")
+    _check_same_shape(y, "y", grad, "grad")
     if not alpha >= 0:
-        raise ValueError(f"alpha: expected a non-negative value, got {alpha}")
+        raise ValueError(f"alpha: expected a non-negative value, got {alpha:g}")
 
 
 def _check_lista(y, xs, W1, W2, theta):
@@ -102,7 +109,13 @@ def _check_lista(y, xs, W1, W2, theta):
         _check_like(t, name, y, "y")
         if tuple(t.shape) != shape:
             raise RuntimeError(f"{name}: expected shape ({shape[0]}, {shape[1]}) = {what}, got {_shape(t)}")
-    _check_theta(y, theta)
+    _check_theta(y, theta, "y")
+
+
+def _check_same_shape(t, name, ref, ref_name):
+    if t.shape != ref.shape:
+        what = f" (same as {ref_name})" if ref_name else ""
+        raise RuntimeError(f"{name}: expected shape {_shape(ref)}{what}, got {_shape(t)}")
 
 
 def _as_theta(theta, x):
@@ -186,7 +199,10 @@ def descent_violations(norms, eps=0.05, form="mean_ratio"):
         eps: required decrease, in [0, 1); layer l must reach r_l <= (1 - eps) r_{l-1}.
         form: "mean_ratio" (mean_b r_l/r_{l-1} - (1-eps)), "ratio_of_means"
             (mean r_l / mean r_{l-1} - (1-eps)) or "difference" (mean_b r_l - (1-eps) r_{l-1}).
-            Denominators are floored at ``reference.RATIO_FLOOR``.
+            Denominators are floored at ``reference.RATIO_FLOOR`` (1e-12), so a zero
+            residual gives a large finite ratio; in float16, whose range ends at
+            65504, such a ratio saturates to +inf (never NaN): use float32 norms
+            or the "difference" form when residuals can vanish.
     Returns:
         ``(values, per_sample)``: (L,) differentiable constraint values (<= 0 means
         satisfied) and (L, B) per-sample values (a diagnostic, not differentiable;
@@ -235,9 +251,9 @@ def _(x, theta):
 @torch.library.register_fake("sdu::soft_threshold_backward")
 def _(grad, y, theta):
     _check_floating(y, "y")
-    _check_theta(y, theta)
-    if grad.shape != y.shape:
-        raise RuntimeError(f"grad: expected shape {_shape(y)} (same as y), got {_shape(grad)}")
+    _check_floating(grad, "grad")
+    _check_same_shape(grad, "grad", y, "y")
+    _check_theta(y, theta, "y")
     return torch.empty_like(y, memory_format=torch.contiguous_format), torch.empty_like(theta)
 
 
@@ -256,6 +272,10 @@ def _(iterates, reference):
 @torch.library.register_fake("sdu::residual_norms_backward")
 def _(grad, iterates, reference, norms):
     _check_iterates(iterates, reference)
+    L1, B = iterates.shape[:2]
+    if tuple(grad.shape) != (L1, B):
+        raise RuntimeError(f"grad: expected shape ({L1}, {B}) = (L+1, B), got {_shape(grad)}")
+    _check_same_shape(norms, "norms", grad, None)
     g_ref = torch.empty_like(reference) if reference is not None else iterates.new_empty(0)
     return torch.empty_like(iterates, memory_format=torch.contiguous_format), g_ref
 
@@ -272,6 +292,9 @@ def _(norms, eps, form):
 def _(grad, norms, eps, form):
     _check_norms(norms)
     _check_eps_form(eps, form)
+    L = norms.shape[0] - 1
+    if tuple(grad.shape) != (L,):
+        raise RuntimeError(f"grad: expected shape ({L},) = (L,), got {_shape(grad)}")
     return torch.empty_like(norms, memory_format=torch.contiguous_format)
 
 
@@ -292,10 +315,27 @@ def _(grad, y, alpha):
 @torch.library.register_fake("sdu::min_norm_subgradient_backward")
 def _(grad_out, grad, y, alpha):
     _check_subgradient(grad, y, alpha)
+    _check_same_shape(grad_out, "grad_out", grad, "grad")
     return torch.empty_like(grad, memory_format=torch.contiguous_format)
 
 
 # ---------------------------------------------------------------- autograd
+
+_lib = torch.library.Library("sdu", "IMPL")
+
+
+def _soft_threshold_inplace_view(keyset, x, theta):
+    # Ops defined in C++ get no ADInplaceOrView kernel of their own: without this
+    # one, x's version counter would not move and autograd could not detect that
+    # a tensor saved for backward was overwritten.
+    torch.autograd.graph.increment_version(x)
+    return _ops.soft_threshold_.default.redispatch(
+        keyset & torch._C._after_ADInplaceOrView_keyset, x, theta
+    )
+
+
+_lib.impl("soft_threshold_", _soft_threshold_inplace_view, "ADInplaceOrView", with_keyset=True)
+
 
 def _setup_soft_threshold(ctx, inputs, output):
     ctx.save_for_backward(output, inputs[1])

@@ -21,18 +21,38 @@ inline std::string shape_str(at::IntArrayRef s) {
   return o.str();
 }
 
+// The dtype as Python spells it (torch.float32), so C++ and fake-kernel messages agree.
+inline std::string dtype_str(at::ScalarType st) {
+  switch (st) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kLong: return "torch.int64";
+    case at::kInt: return "torch.int32";
+    case at::kShort: return "torch.int16";
+    case at::kChar: return "torch.int8";
+    case at::kByte: return "torch.uint8";
+    case at::kBool: return "torch.bool";
+    case at::kComplexFloat: return "torch.complex64";
+    case at::kComplexDouble: return "torch.complex128";
+    default: return std::string("torch.") + c10::toString(st);
+  }
+}
+
 inline void check_floating(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.defined(), name, ": expected a tensor, got None");
   auto st = t.scalar_type();
   TORCH_CHECK(
       st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, name,
-      ": expected dtype float32, float64, float16 or bfloat16, got ", st);
+      ": expected dtype float32, float64, float16 or bfloat16, got ", dtype_str(st));
 }
 
 inline void check_same_dtype(const at::Tensor& t, const char* name, const at::Tensor& ref,
                              const char* ref_name) {
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, ": expected dtype ",
-              ref.scalar_type(), " (same as ", ref_name, "), got ", t.scalar_type());
+              dtype_str(ref.scalar_type()), " (same as ", ref_name, "), got ",
+              dtype_str(t.scalar_type()));
 }
 
 inline void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& ref,
@@ -50,15 +70,15 @@ inline void check_dim(const at::Tensor& t, const char* name, int64_t dim, const 
 // dimension, or anything else (materialised elementwise).
 enum class ThetaMode { Scalar, Row, Full };
 
-inline ThetaMode check_theta(const at::Tensor& x, const at::Tensor& theta) {
+inline ThetaMode check_theta(const at::Tensor& x, const at::Tensor& theta, const char* x_name = "x") {
   check_floating(theta, "theta");
-  check_same_device(theta, "theta", x, "x");
+  check_same_device(theta, "theta", x, x_name);
   bool ok = theta.dim() <= x.dim();
   for (int64_t i = 1; ok && i <= theta.dim(); ++i) {
     int64_t t = theta.size(-i), s = x.size(-i);
     ok = t == 1 || t == s;
   }
-  TORCH_CHECK(ok, "theta: expected shape broadcastable to x ", shape_str(x.sizes()), ", got ",
+  TORCH_CHECK(ok, "theta: expected shape broadcastable to ", x_name, " ", shape_str(x.sizes()), ", got ",
               shape_str(theta.sizes()));
   if (theta.numel() == 1) return ThetaMode::Scalar;
   int64_t d = x.dim() ? x.size(-1) : 1;
@@ -76,10 +96,13 @@ inline at::Tensor theta_for_kernel(const at::Tensor& x, const at::Tensor& theta,
 }
 
 // Reduce the elementwise theta gradient (already reduced to a vector for Row
-// mode, a single value for Scalar mode) to theta's shape and dtype.
+// mode, a single value for Scalar mode) to theta's shape, dtype and strides
+// (those of empty_like(theta), which the fake kernel announces).
 inline at::Tensor theta_grad_to_shape(const at::Tensor& g, const at::Tensor& theta, ThetaMode mode) {
-  if (mode == ThetaMode::Full) return at::sum_to(g, theta.sizes()).to(theta.scalar_type());
-  return g.reshape(theta.sizes()).to(theta.scalar_type());
+  auto reduced = mode == ThetaMode::Full ? at::sum_to(g, theta.sizes()) : g.reshape(theta.sizes());
+  auto out = at::empty_like(theta);
+  out.copy_(reduced);
+  return out;
 }
 
 inline Form parse_form(c10::string_view form) {

@@ -124,7 +124,7 @@ std::tuple<at::Tensor, at::Tensor> soft_threshold_backward_cpu(
   check_floating(grad, "grad");
   TORCH_CHECK(grad.sizes() == y.sizes(), "grad: expected shape ", shape_str(y.sizes()),
               " (same as y), got ", shape_str(grad.sizes()));
-  auto mode = check_theta(y, theta);
+  auto mode = check_theta(y, theta, "y");
   auto acc_type = at::toOpMathType(y.scalar_type());
   if (y.numel() == 0) {
     return {at::zeros_like(y, at::MemoryFormat::Contiguous), at::zeros_like(theta)};

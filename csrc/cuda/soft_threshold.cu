@@ -153,7 +153,7 @@ std::tuple<at::Tensor, at::Tensor> soft_threshold_backward_cuda(const at::Tensor
   check_same_device(grad, "grad", y, "y");
   TORCH_CHECK(grad.sizes() == y.sizes(), "grad: expected shape ", shape_str(y.sizes()),
               " (same as y), got ", shape_str(grad.sizes()));
-  auto mode = check_theta(y, theta);
+  auto mode = check_theta(y, theta, "y");
   c10::cuda::CUDAGuard guard(y.device());
   if (y.numel() == 0) return {at::zeros_like(y, at::MemoryFormat::Contiguous), at::zeros_like(theta)};
   auto yc = y.contiguous();

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Build, test and benchmark sdu_ext on a CUDA machine (written for an H200, sm_90).
+# Run from the repository root:   bash benchmarks/gpu_check.sh
+#
+#   OUT        where logs and results go (default benchmarks/results/gpu)
+#   PYTHON     interpreter that has CUDA torch (default: python3, else python)
+#   BUDGET_S   wall-clock budget for the whole script (default 460 s, under 8 min)
+#   KEEP_GOING 1: still run the remaining steps after a failing test run
+#   REPS       timed reps per benchmark job (default 30)
+#   BENCH_RESERVE_S  seconds of the budget kept for the benchmark (default 150)
+#
+# Writes at most 6 files into $OUT: gpu.txt, build.log, tests.log, bench.log,
+# ops_cuda.csv, ops_cuda.md. Nothing is written outside the repository except
+# what pip installs (caches go to benchmarks/.cache).
+set -euo pipefail
+
+OUT=${OUT:-benchmarks/results/gpu}
+PYTHON=${PYTHON:-$(command -v python3 || command -v python)}
+BUDGET_S=${BUDGET_S:-460}
+KEEP_GOING=${KEEP_GOING:-0}
+REPS=${REPS:-30}
+reserve=${BENCH_RESERVE_S:-150} # lowered to 0 once the benchmark starts
+
+if [[ ! -f setup.py || ! -d benchmarks ]]; then
+    echo "gpu_check.sh: run from the repository root" >&2
+    exit 1
+fi
+mkdir -p "$OUT"
+cache="$PWD/benchmarks/.cache"
+export TORCHINDUCTOR_CACHE_DIR="$cache/inductor" TRITON_CACHE_DIR="$cache/triton"
+export PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+
+start=$SECONDS
+
+# Run "$@" under timeout, capped at $1 seconds and at what is left of BUDGET_S
+# beyond the benchmark's reserve. timeout's --kill-after adds at most 10 s,
+# which BUDGET_S leaves room for.
+step() {
+    local cap=$1 left
+    shift
+    left=$((BUDGET_S - reserve - (SECONDS - start)))
+    if ((left < cap)); then cap=$left; fi
+    if ((cap <= 5)); then
+        echo "gpu_check.sh: out of time before: $*" >&2
+        return 124
+    fi
+    echo "== [$((SECONDS - start))s, limit ${cap}s] $*"
+    timeout --kill-after=10 "$cap" "$@"
+}
+
+# A failing test run stops the script unless KEEP_GOING=1 (then it exits 1 at the end).
+failed=0
+check_tests() {
+    if [[ $1 != 0 ]]; then
+        echo "gpu_check.sh: $2 failed (status $1)" >&2
+        failed=1
+        [[ $KEEP_GOING == 1 ]] || exit 1
+    fi
+}
+
+{
+    date -Is
+    step 30 nvidia-smi
+    step 30 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,power.limit \
+        --format=csv
+} >"$OUT/gpu.txt" 2>&1 || true
+
+if ! "$PYTHON" - >>"$OUT/gpu.txt" 2>&1 <<'EOF'; then
+import sys
+try:
+    import torch
+except Exception as exc:  # noqa: BLE001
+    sys.exit(f"torch does not import: {exc!r}")
+print("torch", torch.__version__, "cuda", torch.version.cuda)
+if torch.version.cuda is None:
+    sys.exit("this torch build has no CUDA support")
+if not torch.cuda.is_available():
+    sys.exit("torch.cuda.is_available() is False (no visible GPU or driver mismatch)")
+print("device", torch.cuda.get_device_name(), "capability", torch.cuda.get_device_capability())
+EOF
+    echo "gpu_check.sh: no usable CUDA torch for $PYTHON:" >&2
+    tail -n 1 "$OUT/gpu.txt" >&2
+    exit 1
+fi
+tail -n 2 "$OUT/gpu.txt"
+
+# --no-deps: the machine may be offline and torch is already installed.
+TORCH_CUDA_ARCH_LIST=9.0 FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} \
+    step 300 "$PYTHON" -m pip install --no-build-isolation --no-deps -e . 2>&1 | tee "$OUT/build.log"
+"$PYTHON" -c 'import sdu_ext, json; print(json.dumps(sdu_ext.build_info()))' | tee -a "$OUT/build.log"
+
+: >"$OUT/tests.log"
+set +o pipefail # the test status comes from PIPESTATUS, not from tee
+step 120 "$PYTHON" -m pytest python_tests -x -q -k cuda -p no:cacheprovider 2>&1 | tee -a "$OUT/tests.log"
+check_tests "${PIPESTATUS[0]}" "pytest -k cuda"
+step 150 "$PYTHON" -m pytest python_tests -q -p no:cacheprovider 2>&1 | tee -a "$OUT/tests.log"
+check_tests "${PIPESTATUS[0]}" "full test suite"
+set -o pipefail
+
+reserve=0
+step 600 "$PYTHON" benchmarks/ops.py --device cuda --reps "$REPS" --out "$OUT" 2>&1 | tee "$OUT/bench.log"
+echo "gpu_check.sh: done in $((SECONDS - start))s; results in $OUT"
+exit "$failed"
