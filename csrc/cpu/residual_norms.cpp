@@ -16,7 +16,7 @@ namespace {
 // Plain loops with `omp simd` reductions: the compiler vectorises them for the
 // build's instruction set (see soft_threshold.cpp).
 template <typename T>
-T squared_distance(const T* __restrict a, const T* __restrict r, int64_t m) {
+SDU_MULTIVERSION T squared_distance(const T* __restrict a, const T* __restrict r, int64_t m) {
   T s = 0;
   if (r) {
 #pragma omp simd reduction(+ : s)
@@ -28,33 +28,39 @@ T squared_distance(const T* __restrict a, const T* __restrict r, int64_t m) {
   return s;
 }
 
-// g_it[l, b] = s[l, b] (it[l, b] - ref[b]); g_ref[b] = -sum_l g_it[l, b]. Parallel
-// over samples, so each task owns its reference-gradient rows.
+// Sample b's rows: g_it[l, b] = s[l, b] (it[l, b] - ref[b]) for every layer l,
+// and g_ref[b] = -sum_l g_it[l, b].
+template <typename T>
+SDU_MULTIVERSION void backward_sample(const T* ip, const T* r, const T* sp, T* gp, T* gr,
+                                      int64_t L1, int64_t B, int64_t m, int64_t b) {
+  if (gr) std::fill(gr, gr + m, T(0));
+  for (int64_t l = 0; l < L1; ++l) {
+    const T* __restrict a = ip + (l * B + b) * m;
+    T* __restrict ga = gp + (l * B + b) * m;
+    const T s = sp[l * B + b];
+    if (r) {
+#pragma omp simd
+      for (int64_t i = 0; i < m; ++i) {
+        T v = (a[i] - r[i]) * s;
+        ga[i] = v;
+        gr[i] -= v;
+      }
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < m; ++i) ga[i] = a[i] * s;
+    }
+  }
+}
+
+// Parallel over samples, so each task owns its reference-gradient rows.
 template <typename T>
 void backward_kernel(const T* ip, const T* rp, const T* sp, T* gp, T* grp, int64_t L1, int64_t B,
                      int64_t m) {
   int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(m * L1, 1));
   at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      const T* __restrict r = rp ? rp + b * m : nullptr;
-      T* __restrict gr = grp ? grp + b * m : nullptr;
-      if (gr) std::fill(gr, gr + m, T(0));
-      for (int64_t l = 0; l < L1; ++l) {
-        const T* __restrict a = ip + (l * B + b) * m;
-        T* __restrict ga = gp + (l * B + b) * m;
-        const T s = sp[l * B + b];
-        if (r) {
-#pragma omp simd
-          for (int64_t i = 0; i < m; ++i) {
-            T v = (a[i] - r[i]) * s;
-            ga[i] = v;
-            gr[i] -= v;
-          }
-        } else {
-#pragma omp simd
-          for (int64_t i = 0; i < m; ++i) ga[i] = a[i] * s;
-        }
-      }
+      backward_sample<T>(ip, rp ? rp + b * m : nullptr, sp, gp, grp ? grp + b * m : nullptr, L1, B,
+                         m, b);
     }
   });
 }

@@ -16,12 +16,12 @@ namespace sdu::cpu {
 namespace {
 
 // The segment loops are written for the compiler's auto-vectoriser (branch-free
-// selects, `omp simd` reductions): on this memory-bound op that matches
-// hand-written at::vec code without tying the build to one instruction set.
+// selects, `omp simd` reductions) and multi-versioned (utils.h): on this
+// memory-bound op that matches hand-written at::vec code in a portable build.
 
 // y = soft(x, theta) over n contiguous elements; theta is one value (th_const) or n values.
 template <typename T>
-void forward_segment(const T* __restrict x, const T* __restrict th, bool th_const, T* y, int64_t n) {
+SDU_MULTIVERSION void forward_segment(const T* __restrict x, const T* __restrict th, bool th_const, T* y, int64_t n) {
   if (th_const) {
     const T t = th[0];
 #pragma omp simd
@@ -39,7 +39,7 @@ void forward_segment(const T* __restrict x, const T* __restrict th, bool th_cons
 // grad_x = g * (y != 0); d theta = -g * sign(y), accumulated into gth[i] (per
 // element) or, when gth is null, into the returned sum.
 template <typename T>
-double backward_segment(const T* __restrict g, const T* __restrict y, T* __restrict gx,
+SDU_MULTIVERSION double backward_segment(const T* __restrict g, const T* __restrict y, T* __restrict gx,
                         T* __restrict gth, int64_t n) {
   if (gth) {
 #pragma omp simd

@@ -9,6 +9,15 @@
 #include <sys/mman.h>
 #endif
 
+// Hot loops are compiled for several x86 instruction sets and the best one the
+// running CPU supports is picked at load time (GCC/Clang function multi-
+// versioning), so one portable build still gets AVX2/AVX-512 vector loops.
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#define SDU_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SDU_MULTIVERSION
+#endif
+
 namespace sdu::cpu {
 
 // Elements per parallel task: large enough to amortise scheduling, small enough
