@@ -587,6 +587,45 @@ def print_summary(rows: list[dict[str, Any]]) -> None:
         print(f"{verdict}  {value}  (goal {t.goal:>8})  {t.name}")
 
 
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_section(rows: list[dict[str, Any]], device: str, md_name: str) -> str:
+    """The README's generated summary: where and when, sdu_ext vs baselines, the targets."""
+    first = rows[0]
+    where = (f"Measured {str(first.get('date', ''))[:10]} on {first.get('cpu_model', '?')}"
+             f" ({device}, {first.get('threads', '?')} threads, torch {first.get('torch', '?')},"
+             f" THP_MEM_ALLOC_ENABLE={first.get('THP_MEM_ALLOC_ENABLE', '?')},"
+             f" {int(first['reps'])} reps; device {first.get('device_name', device)}).")
+    lines = [where, "Times are medians in ms; speedup = baseline time / sdu_ext time. "
+             f"Full table with p20/p80/min, memory and bandwidth: [benchmarks/results/{md_name}]"
+             f"(benchmarks/results/{md_name}).", "",
+             "| case | variant | mode | sdu_ext | eager | torch.compile | vs eager | vs compile |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        if r["provider"] != "sdu_ext":
+            continue
+        base = {p: _lookup(rows, case=r["case"], provider=p, mode=r["mode"]) for p in ("eager", "compile")}
+        lines.append(
+            f"| {r['case']} | {r['variant']} | {r['mode']} | {_fmt(r['median_ms'], '.2f')} "
+            f"| {_fmt(base['eager'] and base['eager']['median_ms'], '.2f')} "
+            f"| {_fmt(base['compile'] and base['compile']['median_ms'], '.2f')} "
+            f"| {_fmt(r['speedup_vs_eager'], '.2f')} | {_fmt(r['speedup_vs_compile'], '.2f')} |")
+    lines += ["", format_targets(targets(rows))]
+    return "\n".join(lines)
+
+
+def update_readme(rows: list[dict[str, Any]], device: str, md_name: str, path: Path = README) -> None:
+    """Replace the text between the README's markers for this device with a fresh section."""
+    start, end = f"<!-- benchmarks:ops:{device}:start -->", f"<!-- benchmarks:ops:{device}:end -->"
+    text = path.read_text()
+    if start not in text or end not in text:
+        raise SystemExit(f"--readme: {path} has no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{readme_section(rows, device, md_name)}\n{end}{tail}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -602,6 +641,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--summary", action="store_true",
                    help="re-check the targets and re-render ops_<device>.md from an existing "
                         "ops_<device>.csv, without running anything")
+    p.add_argument("--readme", action="store_true",
+                   help="also rewrite the README's generated benchmark section for this device")
     args = p.parse_args(argv)
     if args.reps is None:
         args.reps = 5 if args.quick else 30
@@ -618,6 +659,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.summary:
         rows = read_csv(csv_path)
         write_markdown(rows, md_path, args.device)
+        if args.readme:
+            update_readme(rows, args.device, md_path.name)
         print_summary(rows)
         return 0
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -632,6 +675,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     write_csv(rows, csv_path)
     write_markdown(rows, md_path, args.device)
+    if args.readme and "partial" not in rows[0]:
+        update_readme(rows, args.device, md_path.name)
     print(format_compact(rows))
     print_summary(rows)
     print(f"wrote {csv_path} and {md_path}")

@@ -1,6 +1,12 @@
 """sdu_ext.build_info() and the registered op set."""
 import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 import torch
 
 import sdu_ext
@@ -46,3 +52,44 @@ def test_every_op_is_registered():
 def test_cpu_kernels_registered_for_every_op():
     for name in SDU_OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"sdu::{name}", "CPU"), name
+
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import cuda_env  # noqa: E402
+
+
+def _run_setup(env_update):
+    env = {**os.environ, **env_update}
+    return subprocess.run([sys.executable, "setup.py", "--name"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(torch.version.cuda is not None, reason="needs a CPU-only torch")
+def test_force_cuda_with_cpu_torch_stops_with_clear_message():
+    out = _run_setup({"FORCE_CUDA": "1"})
+    assert out.returncode != 0
+    assert "FORCE_CUDA=1" in out.stderr and "CPU-only" in out.stderr, out.stderr
+
+
+def test_force_cuda_rejects_other_values():
+    out = _run_setup({"FORCE_CUDA": "yes"})
+    assert out.returncode != 0
+    assert "FORCE_CUDA: expected 0 or 1, got 'yes'" in out.stderr, out.stderr
+
+
+def test_cuda_home_found_through_nvcc_wrapper(tmp_path, monkeypatch):
+    # A wrapper script on PATH that execs the real nvcc elsewhere: CUDA_HOME must be
+    # the real toolkit (which holds bin/nvcc), not the wrapper's folder.
+    real = shutil.which("nvcc")
+    if real is None:
+        pytest.skip("no nvcc on PATH")
+    wrapper_dir = tmp_path / "bin"
+    wrapper_dir.mkdir()
+    wrapper = wrapper_dir / "nvcc"
+    wrapper.write_text(f'#!/bin/sh\nexec "{real}" "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper_dir}:{os.environ['PATH']}")
+    home = cuda_env.real_cuda_home()
+    assert home is not None and (Path(home) / "bin" / "nvcc").exists(), home
+    assert not home.startswith(str(tmp_path)), home
