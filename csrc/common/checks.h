@@ -140,6 +140,62 @@ inline void check_norms(const at::Tensor& norms) {
               shape_str(norms.sizes()));
 }
 
+// Argument checks of the backward helpers and of min_norm_subgradient, shared by
+// both backends.
+inline ThetaMode check_soft_threshold_backward(const at::Tensor& grad, const at::Tensor& y,
+                                               const at::Tensor& theta) {
+  check_floating(y, "y");
+  check_floating(grad, "grad");
+  check_same_device(grad, "grad", y, "y");
+  TORCH_CHECK(grad.sizes() == y.sizes(), "grad: expected shape ", shape_str(y.sizes()),
+              " (same as y), got ", shape_str(grad.sizes()));
+  return check_theta(y, theta, "y");
+}
+
+inline void check_residual_norms_backward(const at::Tensor& grad, const at::Tensor& iterates,
+                                          const c10::optional<at::Tensor>& reference,
+                                          const at::Tensor& norms) {
+  check_iterates(iterates, reference);
+  int64_t L1 = iterates.size(0), B = iterates.size(1);
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == L1 && grad.size(1) == B, "grad: expected shape (",
+              L1, ", ", B, ") = (L+1, B), got ", shape_str(grad.sizes()));
+  TORCH_CHECK(norms.sizes() == grad.sizes(), "norms: expected shape ", shape_str(grad.sizes()),
+              ", got ", shape_str(norms.sizes()));
+}
+
+inline Form check_violations(const at::Tensor& norms, double eps, c10::string_view form) {
+  check_norms(norms);
+  check_eps(eps);
+  return parse_form(form);
+}
+
+inline Form check_violations_backward(const at::Tensor& grad, const at::Tensor& norms, double eps,
+                                      c10::string_view form) {
+  Form f = check_violations(norms, eps, form);
+  int64_t L = norms.size(0) - 1;
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == L, "grad: expected shape (", L, ",) = (L,), got ",
+              shape_str(grad.sizes()));
+  return f;
+}
+
+inline void check_subgradient(const at::Tensor& grad, const at::Tensor& y, double alpha) {
+  check_floating(grad, "grad");
+  check_floating(y, "y");
+  check_same_dtype(y, "y", grad, "grad");
+  check_same_device(y, "y", grad, "grad");
+  TORCH_CHECK(y.sizes() == grad.sizes(), "y: expected shape ", shape_str(grad.sizes()),
+              " (same as grad), got ", shape_str(y.sizes()));
+  TORCH_CHECK_VALUE(alpha >= 0, "alpha: expected a non-negative value, got ", alpha);
+}
+
+inline void check_subgradient_backward(const at::Tensor& grad_out, const at::Tensor& grad,
+                                       const at::Tensor& y, double alpha) {
+  check_subgradient(grad, y, alpha);
+  check_same_device(grad_out, "grad_out", grad, "grad");
+  TORCH_CHECK(grad_out.sizes() == grad.sizes(), "grad_out: expected shape ", shape_str(grad.sizes()),
+              " (same as grad), got ", shape_str(grad_out.sizes()));
+}
+
 inline bool has_reference(const c10::optional<at::Tensor>& reference) {
   return reference.has_value() && reference->defined();
 }

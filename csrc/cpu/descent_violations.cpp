@@ -30,9 +30,7 @@ std::vector<double> row_means(const T* r, int64_t L1, int64_t B) {
 
 std::tuple<at::Tensor, at::Tensor> descent_violations_cpu(const at::Tensor& norms, double eps,
                                                           c10::string_view form_name) {
-  check_norms(norms);
-  check_eps(eps);
-  Form form = parse_form(form_name);
+  Form form = check_violations(norms, eps, form_name);
   int64_t L1 = norms.size(0), B = norms.size(1), L = L1 - 1;
   auto r = as_acc(norms).contiguous();
   auto values = at::empty({L}, r.options());
@@ -66,12 +64,8 @@ namespace {
 
 at::Tensor descent_violations_backward_cpu(const at::Tensor& grad, const at::Tensor& norms,
                                            double eps, c10::string_view form_name) {
-  check_norms(norms);
-  check_eps(eps);
-  Form form = parse_form(form_name);
+  Form form = check_violations_backward(grad, norms, eps, form_name);
   int64_t L1 = norms.size(0), B = norms.size(1), L = L1 - 1;
-  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == L, "grad: expected shape (", L,
-              ",) = (L,), got ", shape_str(grad.sizes()));
   auto r = as_acc(norms).contiguous();
   auto g = grad.to(r.scalar_type()).contiguous();
   auto out = at::zeros_like(r);

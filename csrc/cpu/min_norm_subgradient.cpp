@@ -11,16 +11,6 @@
 namespace sdu::cpu {
 namespace {
 
-void check_args(const at::Tensor& grad, const at::Tensor& y, double alpha) {
-  check_floating(grad, "grad");
-  check_floating(y, "y");
-  check_same_dtype(y, "y", grad, "grad");
-  check_same_device(y, "y", grad, "grad");
-  TORCH_CHECK(y.sizes() == grad.sizes(), "y: expected shape ", shape_str(grad.sizes()),
-              " (same as grad), got ", shape_str(y.sizes()));
-  TORCH_CHECK_VALUE(alpha >= 0, "alpha: expected a non-negative value, got ", alpha);
-}
-
 template <typename T, typename F>
 void loop(const T* __restrict a, const T* __restrict b, const T* __restrict c, T* __restrict out,
           int64_t begin, int64_t end, const F& f) {
@@ -48,7 +38,7 @@ at::Tensor elementwise(const at::Tensor& a, const at::Tensor& b, const at::Tenso
 }
 
 at::Tensor min_norm_subgradient_cpu(const at::Tensor& grad, const at::Tensor& y, double alpha) {
-  check_args(grad, y, alpha);
+  check_subgradient(grad, y, alpha);
   auto g = as_acc(grad).contiguous();
   auto yy = as_acc(y).contiguous();
   auto out = elementwise(g, yy, at::Tensor(), [alpha](auto gv, auto yv, auto) {
@@ -60,9 +50,7 @@ at::Tensor min_norm_subgradient_cpu(const at::Tensor& grad, const at::Tensor& y,
 
 at::Tensor min_norm_subgradient_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad,
                                              const at::Tensor& y, double alpha) {
-  check_args(grad, y, alpha);
-  TORCH_CHECK(grad_out.sizes() == grad.sizes(), "grad_out: expected shape ",
-              shape_str(grad.sizes()), " (same as grad), got ", shape_str(grad_out.sizes()));
+  check_subgradient_backward(grad_out, grad, y, alpha);
   auto g = as_acc(grad).contiguous();
   auto go = as_acc(grad_out).to(g.scalar_type()).contiguous();
   auto yy = as_acc(y).contiguous();

@@ -120,11 +120,7 @@ void soft_threshold_inplace_cpu(at::Tensor& x, const at::Tensor& theta) {
 
 std::tuple<at::Tensor, at::Tensor> soft_threshold_backward_cpu(
     const at::Tensor& grad, const at::Tensor& y, const at::Tensor& theta) {
-  check_floating(y, "y");
-  check_floating(grad, "grad");
-  TORCH_CHECK(grad.sizes() == y.sizes(), "grad: expected shape ", shape_str(y.sizes()),
-              " (same as y), got ", shape_str(grad.sizes()));
-  auto mode = check_theta(y, theta, "y");
+  auto mode = check_soft_threshold_backward(grad, y, theta);
   auto acc_type = at::toOpMathType(y.scalar_type());
   if (y.numel() == 0) {
     return {at::zeros_like(y, at::MemoryFormat::Contiguous), at::zeros_like(theta)};

@@ -82,9 +82,7 @@ at::Tensor row_means(const at::Tensor& r) {
 
 std::tuple<at::Tensor, at::Tensor> descent_violations_cuda(const at::Tensor& norms, double eps,
                                                            c10::string_view form_name) {
-  check_norms(norms);
-  check_eps(eps);
-  Form form = parse_form(form_name);
+  Form form = check_violations(norms, eps, form_name);
   c10::cuda::CUDAGuard guard(norms.device());
   int64_t L1 = norms.size(0), B = norms.size(1), L = L1 - 1;
   auto r = norms.contiguous();
@@ -105,12 +103,8 @@ std::tuple<at::Tensor, at::Tensor> descent_violations_cuda(const at::Tensor& nor
 
 at::Tensor descent_violations_backward_cuda(const at::Tensor& grad, const at::Tensor& norms, double eps,
                                             c10::string_view form_name) {
-  check_norms(norms);
-  check_eps(eps);
-  Form form = parse_form(form_name);
+  Form form = check_violations_backward(grad, norms, eps, form_name);
   int64_t L1 = norms.size(0), B = norms.size(1), L = L1 - 1;
-  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == L, "grad: expected shape (", L, ",) = (L,), got ",
-              shape_str(grad.sizes()));
   c10::cuda::CUDAGuard guard(norms.device());
   auto r = norms.contiguous();
   auto out = at::empty_like(r);

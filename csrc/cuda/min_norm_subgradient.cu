@@ -40,16 +40,6 @@ __global__ void subgradient_kernel(const T* __restrict__ grad, const T* __restri
   }
 }
 
-void check_args(const at::Tensor& grad, const at::Tensor& y, double alpha) {
-  check_floating(grad, "grad");
-  check_floating(y, "y");
-  check_same_dtype(y, "y", grad, "grad");
-  check_same_device(y, "y", grad, "grad");
-  TORCH_CHECK(y.sizes() == grad.sizes(), "y: expected shape ", shape_str(grad.sizes()), " (same as grad), got ",
-              shape_str(y.sizes()));
-  TORCH_CHECK_VALUE(alpha >= 0, "alpha: expected a non-negative value, got ", alpha);
-}
-
 at::Tensor launch(const at::Tensor& grad, const at::Tensor& y, const at::Tensor& grad_out, double alpha) {
   c10::cuda::CUDAGuard guard(grad.device());
   auto g = grad.contiguous();
@@ -76,16 +66,13 @@ at::Tensor launch(const at::Tensor& grad, const at::Tensor& y, const at::Tensor&
 }
 
 at::Tensor min_norm_subgradient_cuda(const at::Tensor& grad, const at::Tensor& y, double alpha) {
-  check_args(grad, y, alpha);
+  check_subgradient(grad, y, alpha);
   return launch(grad, y, at::Tensor(), alpha);
 }
 
 at::Tensor min_norm_subgradient_backward_cuda(const at::Tensor& grad_out, const at::Tensor& grad,
                                               const at::Tensor& y, double alpha) {
-  check_args(grad, y, alpha);
-  check_same_device(grad_out, "grad_out", grad, "grad");
-  TORCH_CHECK(grad_out.sizes() == grad.sizes(), "grad_out: expected shape ", shape_str(grad.sizes()),
-              " (same as grad), got ", shape_str(grad_out.sizes()));
+  check_subgradient_backward(grad_out, grad, y, alpha);
   return launch(grad, y, grad_out, alpha);
 }
 

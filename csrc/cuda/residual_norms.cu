@@ -101,12 +101,8 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> residual_norms_backward_cuda(
     const at::Tensor& grad, const at::Tensor& iterates, const c10::optional<at::Tensor>& reference,
     const at::Tensor& norms) {
-  check_iterates(iterates, reference);
+  check_residual_norms_backward(grad, iterates, reference, norms);
   int64_t L1 = iterates.size(0), B = iterates.size(1), m = iterates.size(2);
-  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == L1 && grad.size(1) == B,
-              "grad: expected shape (", L1, ", ", B, ") = (L+1, B), got ", shape_str(grad.sizes()));
-  TORCH_CHECK(norms.sizes() == grad.sizes(), "norms: expected shape ", shape_str(grad.sizes()),
-              ", got ", shape_str(norms.sizes()));
   c10::cuda::CUDAGuard guard(iterates.device());
   bool has_ref = has_reference(reference);
   auto it = iterates.contiguous();

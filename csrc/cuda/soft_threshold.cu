@@ -148,12 +148,7 @@ __global__ void backward_row_kernel(const T* __restrict__ g, const T* __restrict
 
 std::tuple<at::Tensor, at::Tensor> soft_threshold_backward_cuda(const at::Tensor& grad, const at::Tensor& y,
                                                                 const at::Tensor& theta) {
-  check_floating(y, "y");
-  check_floating(grad, "grad");
-  check_same_device(grad, "grad", y, "y");
-  TORCH_CHECK(grad.sizes() == y.sizes(), "grad: expected shape ", shape_str(y.sizes()),
-              " (same as y), got ", shape_str(grad.sizes()));
-  auto mode = check_theta(y, theta, "y");
+  auto mode = check_soft_threshold_backward(grad, y, theta);
   c10::cuda::CUDAGuard guard(y.device());
   if (y.numel() == 0) return {at::zeros_like(y, at::MemoryFormat::Contiguous), at::zeros_like(theta)};
   auto yc = y.contiguous();
