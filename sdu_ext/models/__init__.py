@@ -1,0 +1,13 @@
+"""Unrolled sparse-coding models with one interface (see :class:`Unrolled`):
+``model(x)`` returns the final code (B, m), ``model(x, return_all=True)`` the stacked
+iterates (L+1, B, m) with index 0 the initial point.
+
+Learned: :class:`LISTA` (``ista``/``paper`` initialisation, tied or untied),
+:class:`LISTA_CP`, :class:`ALISTA`. Baselines: :class:`ISTA`, :class:`FISTA`.
+Noise hooks between layers: :class:`LogGradientNoise`, :class:`FixedNoise`.
+"""
+from .classic import FISTA, ISTA, Unrolled
+from .lista import ALISTA, LISTA, LISTA_CP
+from .noise import FixedNoise, LogGradientNoise
+
+__all__ = ["Unrolled", "ISTA", "FISTA", "LISTA", "LISTA_CP", "ALISTA", "FixedNoise", "LogGradientNoise"]

@@ -1,0 +1,169 @@
+"""Learned unrolled models: LISTA (untied or tied), LISTA-CP and ALISTA (SPEC section 2).
+
+All share the :class:`~sdu_ext.models.classic.Unrolled` interface.
+"""
+import numbers
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..nn import LISTALayer
+from .classic import Unrolled, _describe
+from .noise import _randn
+
+INITS = ("ista", "paper")
+PAPER_STD = 0.01
+PAPER_SCALE = 100.0
+
+
+class LISTA(Unrolled):
+    """LISTA: layer l is ``y <- soft(W1_l y + W2_l xs, theta_l)`` (:func:`sdu_ext.ops.lista_layer`).
+
+    Args:
+        D, alpha, num_layers: see :class:`~sdu_ext.models.classic.Unrolled`.
+        init: ``"ista"``: W1 = I - D^T D / Lip, W2 = D^T / Lip, theta = alpha / Lip,
+            y_0 = 0, scale 1 — the untrained network is exactly L ISTA steps.
+            ``"paper"`` (the research code): every entry of W1, W2, theta drawn from
+            N(0, 0.01^2), inputs scaled by 100 and y_0 ~ N(0, I) in the scaled domain
+            (a fresh draw per forward, from forward's ``generator`` when given);
+            outputs are divided by 100.
+        tied: share one layer's weights across all L layers.
+        generator: optional ``torch.Generator`` for the ``paper`` weight draw.
+    The state dict records ``init`` (it fixes the scale and the initial point).
+    Parameters: ``layers`` is a ModuleList of :class:`sdu_ext.nn.LISTALayer` (L of
+    them, or 1 when tied), each with W1 (m, m), W2 (m, n), theta (m,), in D's dtype.
+    """
+
+    def __init__(self, D, alpha, num_layers, init="ista", tied=False, generator=None):
+        super().__init__(D, alpha, num_layers)
+        if init not in INITS:
+            raise ValueError(f"init: expected 'ista' or 'paper', got {init!r}")
+        self.init = init
+        self.tied = bool(tied)
+        self.scale = PAPER_SCALE if init == "paper" else 1.0
+        count = 1 if self.tied else self.num_layers
+        D = self.D
+        if init == "ista":
+            layers = [LISTALayer.from_dictionary(D, self.alpha, self.lipschitz) for _ in range(count)]
+        else:
+            layers = [LISTALayer(self.m, self.n, device=D.device, dtype=D.dtype) for _ in range(count)]
+            with torch.no_grad():
+                for layer in layers:
+                    for p in (layer.W1, layer.W2, layer.theta):
+                        p.copy_(PAPER_STD * _randn(p.shape, generator, p.dtype, p.device))
+        self.layers = nn.ModuleList(layers)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", init={self.init!r}, tied={self.tied}"
+
+    # The initialisation fixes the input scale and the initial point, which trained
+    # weights depend on: the state dict carries it, so loading a `paper` checkpoint
+    # into a model built with init="ista" gives the `paper` model.
+    def get_extra_state(self):
+        return {"init": self.init}
+
+    def set_extra_state(self, state):
+        init = state["init"]
+        if init not in INITS:
+            raise ValueError(f"init: expected 'ista' or 'paper' in the state dict, got {init!r}")
+        self.init = init
+        self.scale = PAPER_SCALE if init == "paper" else 1.0
+
+    def _initial_point(self, xs, generator):
+        if self.init == "paper":
+            return _randn((xs.shape[0], self.m), generator, xs.dtype, xs.device)
+        return xs.new_zeros(xs.shape[0], self.m)
+
+    def _weights(self, dtype):
+        return [(layer.W1.to(dtype), layer.W2.to(dtype), layer.theta) for layer in self.layers]
+
+    def _layer(self, l, y, xs, weights):
+        W1, W2, theta = weights[0 if self.tied else l]
+        return ops.lista_layer(y, xs, W1, W2, theta)
+
+
+class LISTA_CP(Unrolled):
+    """LISTA with coupled weights (LISTA-CP): ``y <- soft(y - W_l^T (D y - xs), theta_l)``,
+    i.e. W1 = I - W_l^T D and W2 = W_l^T.
+
+    Learned: ``W`` (ParameterList of L tensors (n, m), initialised to D / Lip) and
+    ``theta`` (ParameterList of L tensors (m,), per-coordinate thresholds initialised to
+    alpha / Lip): at initialisation the network is exactly L ISTA steps.
+    """
+
+    def __init__(self, D, alpha, num_layers):
+        super().__init__(D, alpha, num_layers)
+        D = self.D
+        self.W = nn.ParameterList(
+            [nn.Parameter(D / self.lipschitz) for _ in range(self.num_layers)])
+        self.theta = nn.ParameterList(
+            [nn.Parameter(torch.full((self.m,), self.alpha / self.lipschitz, dtype=D.dtype, device=D.device))
+             for _ in range(self.num_layers)])
+
+    def _weights(self, dtype):
+        return self.D.to(dtype), [W.to(dtype) for W in self.W]
+
+    def _layer(self, l, y, xs, weights):
+        D, W = weights
+        return ops.soft_threshold(y - (y @ D.T - xs) @ W[l], self.theta[l])
+
+
+class ALISTA(Unrolled):
+    """ALISTA-style model: ``y <- soft(y - gamma_l W^T (D y - xs), theta_l)`` with an
+    analytic weight W (n, m) computed from D (:meth:`analytic_weight`, a buffer) and
+    only the scalars ``gamma`` (L,) and ``theta`` (L,) learned.
+
+    Initialisation: gamma_l = 1 / ||W^T D||_2 and theta_l = alpha * gamma_l, an ISTA-like
+    step with the preconditioned gradient W^T (D y - x) (for a well-conditioned
+    dictionary W is close to D and the model close to ISTA).
+
+    Args:
+        D, alpha, num_layers: see :class:`~sdu_ext.models.classic.Unrolled`.
+        ridge: relative ridge of the weight computation (see :meth:`analytic_weight`).
+    """
+
+    def __init__(self, D, alpha, num_layers, ridge=1e-6):
+        super().__init__(D, alpha, num_layers)
+        D = self.D
+        W = self.analytic_weight(D, ridge)
+        self.register_buffer("W", W)
+        gamma = 1.0 / float(torch.linalg.matrix_norm(W.double().T @ D.double(), ord=2))
+        kw = dict(dtype=D.dtype, device=D.device)
+        self.gamma = nn.Parameter(torch.full((self.num_layers,), gamma, **kw))
+        self.theta = nn.Parameter(torch.full((self.num_layers,), self.alpha * gamma, **kw))
+
+    @staticmethod
+    def analytic_weight(D, ridge=1e-6):
+        """The analytic ALISTA weight W (n, m) for a dictionary D (n, m), in D's dtype.
+
+        Column i minimises ``||D^T w||^2`` subject to ``d_i^T w = 1``; together the
+        columns minimise ``||W^T D||_F^2`` (the coherence between W and D) subject to
+        ``diag(W^T D) = 1``. The solution is
+        ``w_i = M d_i / (d_i^T M d_i)`` with ``M = (D D^T + lambda I)^{-1}``, computed in
+        float64, ``lambda = ridge * ||D||_2^2``. The ridge only regularises the solve:
+        d_i lies in the range of D, so for a rank-deficient D (n > m, or dependent
+        atoms) the result tends to the pseudo-inverse solution as ridge -> 0, and
+        ``diag(W^T D) = 1`` holds exactly for any ridge > 0. A zero column d_i gets
+        w_i = 0.
+        """
+        if not isinstance(D, torch.Tensor) or D.dim() != 2 or not D.is_floating_point():
+            raise ValueError(f"D: expected a 2-D floating tensor (n, m), got {_describe(D)}")
+        if isinstance(ridge, bool) or not isinstance(ridge, numbers.Real) or not ridge > 0:
+            raise ValueError(f"ridge: expected a positive number, got {ridge!r}")
+        D64 = D.detach().double()
+        n = D64.shape[0]
+        gram = D64 @ D64.T
+        lam = float(ridge) * float(torch.linalg.matrix_norm(D64, ord=2)) ** 2
+        MD = torch.linalg.solve(gram + lam * torch.eye(n, dtype=gram.dtype, device=gram.device), D64)
+        denom = (D64 * MD).sum(0)
+        zero = denom <= torch.finfo(torch.float64).tiny
+        W = torch.where(zero, torch.zeros_like(MD), MD / torch.where(zero, torch.ones_like(denom), denom))
+        return W.to(D.dtype)
+
+    def _weights(self, dtype):
+        return self.D.to(dtype), self.W.to(dtype)
+
+    def _layer(self, l, y, xs, weights):
+        D, W = weights
+        return ops.soft_threshold(y - self.gamma[l] * ((y @ D.T - xs) @ W), self.theta[l])

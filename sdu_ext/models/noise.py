@@ -1,0 +1,126 @@
+"""Noise injected between unrolled layers (SPEC sections 4 and 6).
+
+A noise hook is a callable ``noise(layer, y, xs) -> y_noisy``. Every model in
+:mod:`sdu_ext.models` calls it after layers 1..L-1 (never after the last one) with
+``layer`` = the index l of the iterate it perturbs (``iterates[l]`` of
+``forward(x, return_all=True)`` holds the perturbed point, which is where layer l+1
+starts: the descent constraints then ask each layer to descend from a perturbed
+point), ``y`` (B, m) the layer output and ``xs`` (B, n) the model's input, both in
+the model's scaled domain (``xs = scale * x``; scale = 100 for the ``paper``
+LISTA initialisation, 1 otherwise). The hook must return a tensor of y's shape; the
+model casts it back to y's dtype.
+
+The same hooks serve training (noise-augmented training) and robustness evaluation
+(the sigma sweep). Disable a hook by passing ``noise=None`` or ``sigma=0`` (then it
+returns ``y`` itself and draws no random numbers).
+
+Random draws use ``generator`` when one is given: the draw happens on the
+generator's device and is moved to y's, so a CPU generator reproduces the same
+noise for CPU and CUDA models. ``torch.compile(fullgraph=True)`` cannot trace a
+``torch.Generator``: compile with ``generator=None`` (the global RNG) or accept a
+graph break.
+"""
+import numbers
+
+import torch
+from torch import nn
+
+NEGATIVE = ("clamp", "abs")
+
+
+def _randn(shape, generator, dtype, device):
+    """Standard normal tensor of ``shape``; see the module docstring for ``generator``.
+
+    Half-precision draws are made in float32 and rounded, so a model under autocast
+    sees the same random numbers as the float32 model."""
+    draw = torch.promote_types(dtype, torch.float32)
+    if generator is None:
+        return torch.randn(shape, dtype=draw, device=device).to(dtype)
+    return torch.randn(shape, generator=generator, dtype=draw, device=generator.device).to(device, dtype)
+
+
+def _check_sigma(sigma):
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not sigma >= 0:
+        raise ValueError(f"sigma: expected a non-negative number, got {sigma!r}")
+    return float(sigma)
+
+
+class FixedNoise(nn.Module):
+    """The plain rule: ``y + sigma * N(0, I)``.
+
+    Args:
+        sigma: standard deviation (>= 0), in the model's scaled domain.
+        generator: optional ``torch.Generator`` for reproducible draws.
+    Call: ``(layer, y (B, m), xs (B, n)) -> (B, m)`` in y's dtype and device.
+    """
+
+    def __init__(self, sigma, generator=None):
+        super().__init__()
+        self.sigma = _check_sigma(sigma)
+        self.generator = generator
+
+    def forward(self, layer, y, xs):
+        if self.sigma == 0:
+            return y
+        return y + self.sigma * _randn(y.shape, self.generator, y.dtype, y.device)
+
+    def extra_repr(self):
+        return f"sigma={self.sigma:g}"
+
+
+class LogGradientNoise(nn.Module):
+    """The research LISTA rule: ``y + sigma * s_b * N(0, I)`` per sample b, with
+    ``s_b = log ||D^T (D y_b - xs_b)||`` computed in the scaled domain and detached.
+
+    ``sigma`` is the factor of the robustness sweep (SPEC section 6; 1 = the training
+    rule). A log-norm is negative when the gradient norm is below 1, so ``negative``
+    chooses what a negative ``s_b`` means:
+
+    - ``"clamp"`` (default): ``s_b <- max(s_b, 0)``; samples whose gradient norm is
+      below 1 (near the optimum) are left unperturbed.
+    - ``"abs"``: ``s_b <- |s_b|``. This is what the research code does: it multiplies a
+      standard normal draw by ``s_b`` directly, and a symmetric draw times a negative
+      factor is distributed as the draw times ``|s_b|``; the noise then grows as the
+      gradient vanishes. The norm is floored at the dtype's smallest normal number so
+      a zero gradient gives a large finite scale, never inf.
+
+    Args:
+        D: dictionary (n, m); kept as a (non-persistent) buffer, so ``.to(device)``
+            moves it with the hook. Pass ``model.D`` to reuse a model's copy.
+        sigma: factor (>= 0) on the scale.
+        negative: ``"clamp"`` or ``"abs"``.
+        generator: optional ``torch.Generator`` for reproducible draws.
+    Call: ``(layer, y (B, m), xs (B, n)) -> (B, m)`` in y's dtype and device.
+    """
+
+    def __init__(self, D, sigma=1.0, negative="clamp", generator=None):
+        super().__init__()
+        if not isinstance(D, torch.Tensor) or D.dim() != 2 or not D.is_floating_point():
+            got = tuple(D.shape) if isinstance(D, torch.Tensor) else type(D).__name__
+            raise ValueError(f"D: expected a 2-D floating tensor (n, m), got {got}")
+        if negative not in NEGATIVE:
+            raise ValueError(f"negative: expected 'clamp' or 'abs', got {negative!r}")
+        self.register_buffer("D", D.detach(), persistent=False)
+        self.sigma = _check_sigma(sigma)
+        self.negative = negative
+        self.generator = generator
+
+    def scale(self, y, xs):
+        """Per-sample noise standard deviation ``sigma * s_b`` (B,), detached, in
+        float32 or wider (float64 for float64 inputs)."""
+        acc = torch.promote_types(y.dtype, torch.float32)
+        D = self.D.to(device=y.device, dtype=acc)
+        grad = (y.detach().to(acc) @ D.T - xs.detach().to(acc)) @ D
+        norm = torch.linalg.vector_norm(grad.to(acc), dim=-1)
+        s = torch.log(norm.clamp_min(torch.finfo(acc).tiny))
+        s = s.clamp_min(0) if self.negative == "clamp" else s.abs()
+        return self.sigma * s
+
+    def forward(self, layer, y, xs):
+        if self.sigma == 0:
+            return y
+        std = self.scale(y, xs).to(y.dtype).unsqueeze(-1)
+        return y + std * _randn(y.shape, self.generator, y.dtype, y.device)
+
+    def extra_repr(self):
+        return f"sigma={self.sigma:g}, negative={self.negative!r}"
