@@ -1,0 +1,189 @@
+"""Training configuration (SPEC section 4): one dataclass, validated when built."""
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+MODES = ("constrained", "unconstrained", "noisy", "layerwise")
+DUAL_EVERY = ("batch", "epoch")
+
+# Fields a resumed run may change: they do not alter the trajectory of the run
+# (``epochs`` only extends it; the layer-wise stage plan depends on it, so a
+# layer-wise run must keep it).
+RESUMABLE = ("epochs", "patience", "restore_best", "device", "checkpoint_dir", "log_dir",
+             "progress", "tensorboard")
+
+
+def _choices(values):
+    return ", ".join(repr(v) for v in values)
+
+
+def _is_int(v):
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v):
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def check_eps(eps, name="eps"):
+    """Return ``float(eps)`` if it lies in [0, 1), else raise ValueError naming ``name``."""
+    if not _is_real(eps) or not 0.0 <= float(eps) < 1.0:
+        raise ValueError(f"{name}: expected a number in [0, 1), got {eps!r}")
+    return float(eps)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that shapes a training run. Invalid values raise ValueError naming the field.
+
+    Optimisation:
+        epochs: passes over the training set (>= 0).
+        batch_size: global mini-batch size (>= 1); under DDP it is split across the ranks.
+        lr: primal learning rate (SPEC: 1e-5 in the research code).
+        optimizer: name of a ``torch.optim`` class for the weights (``"Adam"``), built as
+            ``cls(params, lr=lr, **optimizer_kwargs)``; the trainer also accepts a factory.
+        lr_dual: dual step size (>= 0); ``nu <- max(0, nu + lr_dual * c_hat)``.
+        dual_every: ``"batch"`` (c_hat = the current batch's constraint values) or
+            ``"epoch"`` (c_hat = a no-grad estimate over the whole training set, taken
+            after each epoch's primal pass with the training noise; the research LISTA code).
+        drop_last: drop the last, incomplete batch of every epoch. Under DDP a last
+            batch with fewer samples than ranks is always dropped.
+    Method:
+        mode: ``"constrained"`` (task loss on the last layer + descent constraints;
+            noise between layers when the trainer is given a noise hook),
+            ``"unconstrained"`` (standard unrolling: loss on the last layer only, no noise),
+            ``"noisy"`` (standard unrolling with the noise hook active in training) or
+            ``"layerwise"`` (the epochs are split evenly into L stages; stage k trains on
+            the loss of layer k's output; see ``layerwise_finetune``).
+        eps: required decrease per layer for every constraint group, or None to use
+            each :class:`~sdu_ext.train.DescentConstraints`' own ``eps``.
+        eps_schedule: None, or milestones ``((epoch, eps), ...)`` (0-based epochs,
+            increasing): eps is interpolated linearly between milestones and held
+            constant outside them; overrides ``eps``.
+        resilient: relax each constraint to ``c_l <= u_l`` with a learned slack
+            ``u_l >= 0`` that pays ``resilient_cost / 2 * u_l^2``; the slack takes a
+            projected gradient step (size ``lr_dual``) with every dual step.
+        layerwise_finetune: in layer-wise mode, False trains only layer k's parameters
+            in stage k (earlier layers frozen); True trains every parameter against the
+            loss of layer k (earlier layers fine-tuned). Each stage starts a fresh optimizer.
+    Bookkeeping:
+        seed: seeds, at the start of a fresh run, the global torch RNG (``seed + rank``),
+            the noise hook's own ``generator`` if it has one, and the per-epoch shuffling
+            generator; None draws a random seed (recorded in the checkpoint, so a resumed
+            run still reproduces). A resume restores every RNG state instead.
+        patience: stop after this many epochs without a better validation loss (None: never).
+        restore_best: load the weights with the best noise-free validation loss at the end.
+        device: where the model and batches live (``"cuda"`` under DDP means ``cuda:LOCAL_RANK``).
+        checkpoint_dir: where ``last.pt`` (resumable state, every epoch) and ``best.pt``
+            (best weights) are written; None writes nothing (and cannot resume).
+        log_dir: where ``history.csv`` / ``history.json`` (and TensorBoard events when
+            ``tensorboard`` and the package is installed) are written; None: no files.
+        progress: show tqdm progress bars (rank 0 only).
+    """
+
+    epochs: int = 100
+    batch_size: int = 512
+    lr: float = 1e-5
+    optimizer: str = "Adam"
+    optimizer_kwargs: dict = field(default_factory=dict)
+    lr_dual: float = 1e-3
+    dual_every: str = "batch"
+    drop_last: bool = False
+    mode: str = "constrained"
+    eps: Optional[float] = None
+    eps_schedule: Optional[tuple] = None
+    resilient: bool = False
+    resilient_cost: float = 1.0
+    layerwise_finetune: bool = False
+    seed: Optional[int] = 0
+    patience: Optional[int] = None
+    restore_best: bool = True
+    device: str = "cpu"
+    checkpoint_dir: Optional[str] = None
+    log_dir: Optional[str] = None
+    progress: bool = False
+    tensorboard: bool = True
+
+    def __post_init__(self):
+        if not _is_int(self.epochs) or self.epochs < 0:
+            raise ValueError(f"epochs: expected an integer >= 0, got {self.epochs!r}")
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            raise ValueError(f"batch_size: expected an integer >= 1, got {self.batch_size!r}")
+        if not _is_real(self.lr) or not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr: expected a positive finite number, got {self.lr!r}")
+        if not _is_real(self.lr_dual) or not (self.lr_dual >= 0 and math.isfinite(self.lr_dual)):
+            raise ValueError(f"lr_dual: expected a finite number >= 0, got {self.lr_dual!r}")
+        if not isinstance(self.optimizer, str) or not isinstance(getattr(torch.optim, self.optimizer, None), type) \
+                or not issubclass(getattr(torch.optim, self.optimizer), torch.optim.Optimizer):
+            raise ValueError(f"optimizer: expected the name of a torch.optim optimizer (e.g. 'Adam'), "
+                             f"got {self.optimizer!r}")
+        if not isinstance(self.optimizer_kwargs, dict) or "lr" in self.optimizer_kwargs:
+            got = "a dict with 'lr' (set TrainConfig.lr)" if isinstance(self.optimizer_kwargs, dict) \
+                else type(self.optimizer_kwargs).__name__
+            raise ValueError(f"optimizer_kwargs: expected a dict of extra optimizer arguments, got {got}")
+        if self.dual_every not in DUAL_EVERY:
+            raise ValueError(f"dual_every: expected one of {_choices(DUAL_EVERY)}, got {self.dual_every!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode: expected one of {_choices(MODES)}, got {self.mode!r}")
+        if self.eps is not None:
+            self.eps = check_eps(self.eps)
+        if self.eps_schedule is not None:
+            self.eps_schedule = self._check_schedule(self.eps_schedule)
+        if not _is_real(self.resilient_cost) or not (self.resilient_cost > 0 and math.isfinite(self.resilient_cost)):
+            raise ValueError(f"resilient_cost: expected a positive finite number, got {self.resilient_cost!r}")
+        if self.seed is not None and not _is_int(self.seed):
+            raise ValueError(f"seed: expected an integer or None, got {self.seed!r}")
+        if self.patience is not None and (not _is_int(self.patience) or self.patience < 1):
+            raise ValueError(f"patience: expected an integer >= 1 or None, got {self.patience!r}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device: expected a torch device string such as 'cpu' or 'cuda', "
+                             f"got {self.device!r}") from None
+
+    @staticmethod
+    def _check_schedule(schedule):
+        try:
+            points = tuple((int(e), float(v)) for e, v in schedule)
+        except (TypeError, ValueError):
+            raise ValueError(f"eps_schedule: expected milestones ((epoch, eps), ...), got {schedule!r}") from None
+        if not points:
+            raise ValueError("eps_schedule: expected at least one (epoch, eps) milestone, got none")
+        for e, v in points:
+            check_eps(v, f"eps_schedule (epoch {e})")
+        epochs = [e for e, _ in points]
+        if epochs[0] < 0 or any(b <= a for a, b in zip(epochs, epochs[1:])):
+            raise ValueError(f"eps_schedule: expected strictly increasing epochs >= 0, got {epochs}")
+        return points
+
+    def eps_at(self, epoch):
+        """The eps override for 0-based ``epoch``: from the schedule, else ``eps`` (may be None)."""
+        if self.eps_schedule is None:
+            return self.eps
+        points = self.eps_schedule
+        if epoch <= points[0][0]:
+            return points[0][1]
+        for (e0, v0), (e1, v1) in zip(points, points[1:]):
+            if epoch <= e1:
+                return v0 + (v1 - v0) * (epoch - e0) / (e1 - e0)
+        return points[-1][1]
+
+    def to_dict(self):
+        """JSON-friendly dict of the fields (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        if d["eps_schedule"] is not None:
+            d["eps_schedule"] = [list(p) for p in d["eps_schedule"]]
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"config: unknown fields {unknown}")
+        return cls(**d)
