@@ -14,3 +14,21 @@ def test_readme_usage_example_runs(capsys):
     assert namespace["values"].shape == (10,) and namespace["per_sample"].shape == (10, 512)
     assert namespace["x"].grad is not None and namespace["theta"].grad is not None
     assert "'openmp': True" in capsys.readouterr().out
+
+
+def test_readme_training_example_runs(tmp_path, monkeypatch):
+    import torch
+
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) >= 2, "README.md has no training example"
+    gen = torch.Generator().manual_seed(0)
+    D = torch.nn.functional.normalize(torch.randn(20, 40, generator=gen), dim=0)
+    namespace = {"D": D}
+    for split, rows in (("train", 64), ("val", 32)):
+        namespace[f"x_{split}"] = torch.randn(rows, 20, generator=gen)
+        namespace[f"y_{split}"] = 0.1 * torch.randn(rows, 40, generator=gen)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[1].replace("epochs=20", "epochs=2"), str(README), "exec"), namespace)  # noqa: S102
+    assert len(namespace["history"]) == 2
+    assert all(row[f"nu_{l}"] >= 0 for row in namespace["history"] for l in range(1, 11))
+    assert (tmp_path / "runs" / "c" / "last.pt").exists()
