@@ -1,0 +1,15 @@
+"""Evaluation protocol of SPEC section 6 for unrolled sparse-coding networks.
+
+- :mod:`~sdu_ext.evaluate.metrics`: per-layer distance to y* (mean and spread), NMSE in
+  dB, objective, sparsity, descending frequency (:func:`layer_metrics`).
+- :mod:`~sdu_ext.evaluate.robustness`: the perturbation sweep over sigma and the OOD
+  shift scored against the optimum of the shifted signals.
+- :mod:`~sdu_ext.evaluate.plots`: PNG plots of both (matplotlib, imported lazily).
+"""
+from .metrics import descending_frequency, evaluate_model, layer_metrics, nmse_db, run_iterates
+from .robustness import (SHIFTS, SIGMAS, RescaledNoise, log_gradient_noise, ood_shift, perturbation_sweep, perturbed_iterates, shift_signals,
+                         shifted_data)
+
+__all__ = ["run_iterates", "nmse_db", "descending_frequency", "layer_metrics", "evaluate_model",
+           "SIGMAS", "SHIFTS", "RescaledNoise", "log_gradient_noise", "perturbed_iterates", "perturbation_sweep", "shift_signals", "shifted_data",
+           "ood_shift"]
