@@ -53,7 +53,8 @@ def test_datasets_deterministic_and_valid(cfg):
         assert bool((sa.gap <= conf.tol).all())
         # the stored codes are the LASSO optima of the stored signals
         p64 = Lasso(a.D.double(), conf.alpha)
-        gap = p64.duality_gap(sa.y.double(), sa.x.double()) / p64.value(sa.y.double(), sa.x.double()).clamp_min(1e-300)
+        y64, x64 = sa.y.double(), sa.x.double()
+        gap = p64.duality_gap(y64, x64) / p64.value(y64, x64).clamp_min(1e-300)
         assert float(gap.max()) <= 1e-4  # the float32 rounding of certified codes
     assert torch.equal(a.D, b.D) and not torch.equal(a.D, c.D)
     assert not torch.equal(a.train.x, c.train.x)

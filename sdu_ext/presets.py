@@ -76,6 +76,8 @@ class EvalConfig:
     sigmas: perturbation sweep levels. shifts: OOD shift levels p.
     ood_clip: ``(lo, hi)`` clipping of the shifted signals, or None (signals that do not
         live in [0, 1], such as the synthetic benchmark's, are not clipped).
+    ood_tol: relative duality gap to which the optima of the shifted signals are solved
+        (:func:`sdu_ext.solvers.solve_lasso`; 1e-4 puts their error below -60 dB NMSE).
     perturb_sigma: the sigma of the "descending frequency under noise" table.
     domain_scale: scale of the domain the sweep's sigma refers to (100: the research
         code's scaled domain, for every model; see :mod:`sdu_ext.evaluate.robustness`).
@@ -86,6 +88,7 @@ class EvalConfig:
     sigmas: tuple = SIGMAS
     shifts: tuple = SHIFTS
     ood_clip: Optional[tuple] = None
+    ood_tol: float = 1e-4
     perturb_sigma: float = 1.0
     domain_scale: float = 100.0
     batch_size: int = 1024
@@ -138,10 +141,10 @@ def _tiny():
 def _quick():
     return Preset(
         name="quick", description="the standard synthetic benchmark, trained briefly (<= 10 min on 2 CPU cores)",
-        data=DatasetConfig("synthetic", n=250, m=500, alpha=0.1, n_train=4000, n_val=500, n_test=1000),
+        data=DatasetConfig("synthetic", n=250, m=500, alpha=0.1, n_train=5000, n_val=500, n_test=1000),
         model=ModelConfig(num_layers=10, init="ista"),
         method=MethodConfig(),
-        train=TrainConfig(epochs=20, batch_size=128, lr=3e-4, lr_dual=0.5),
+        train=TrainConfig(epochs=30, batch_size=128, lr=3e-4, lr_dual=0.5),
         evaluation=EvalConfig())
 
 

@@ -7,9 +7,9 @@
 - :mod:`~sdu_ext.evaluate.plots`: PNG plots of both (matplotlib, imported lazily).
 """
 from .metrics import descending_frequency, evaluate_model, layer_metrics, nmse_db, run_iterates
-from .robustness import (SHIFTS, SIGMAS, RescaledNoise, log_gradient_noise, ood_shift, perturbation_sweep, perturbed_iterates, shift_signals,
-                         shifted_data)
+from .robustness import (SHIFTS, SIGMAS, RescaledNoise, layer_descending, log_gradient_noise, ood_shift,
+                         perturbation_sweep, perturbed_iterates, shift_signals, shifted_data)
 
 __all__ = ["run_iterates", "nmse_db", "descending_frequency", "layer_metrics", "evaluate_model",
-           "SIGMAS", "SHIFTS", "RescaledNoise", "log_gradient_noise", "perturbed_iterates", "perturbation_sweep", "shift_signals", "shifted_data",
-           "ood_shift"]
+           "SIGMAS", "SHIFTS", "RescaledNoise", "log_gradient_noise", "perturbed_iterates", "layer_descending",
+           "perturbation_sweep", "shift_signals", "shifted_data", "ood_shift"]

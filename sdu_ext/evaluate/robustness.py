@@ -27,6 +27,7 @@ import numbers
 import torch
 from torch import nn
 
+from .. import ops
 from ..models import LogGradientNoise
 from .metrics import layer_metrics, nmse_db, run_iterates
 
@@ -106,15 +107,46 @@ def _collect(rows, key_name, keys):
 
 
 @torch.no_grad()
-def perturbed_iterates(model, x, sigma, generator, negative="clamp", domain_scale=100.0, batch_size=1024):
+def perturbed_iterates(model, x, sigma, generator, negative="clamp", domain_scale=100.0, batch_size=1024,
+                       return_outputs=False):
     """Iterates (L+1, N, m) of ``model`` on ``x`` (N, n) from ``y_0 ~ N(0, sigma^2 I)`` with
     the log-gradient noise between layers, both in the reference domain of scale
     ``domain_scale`` (module docstring); every draw comes from ``generator`` (a CPU
-    generator reproduces across devices)."""
+    generator reproduces across devices).
+
+    ``iterates[l]`` is layer l's output *after* its noise (where layer l+1 starts). With
+    ``return_outputs`` also returns the layer outputs *before* the noise (L, N, m)
+    (the last one equals ``iterates[L]``: no noise follows the last layer).
+    """
+    model.eval()
     D = model.D
     y0 = (sigma / domain_scale) * torch.randn(x.shape[0], model.m, generator=generator, dtype=D.dtype).to(D.device)
     noise = log_gradient_noise(model, sigma, negative, domain_scale, generator)
-    return run_iterates(model, x, noise=noise, y0=y0, batch_size=batch_size)
+    its, outs = [], []
+    for start in range(0, x.shape[0], batch_size):
+        sl = slice(start, start + batch_size)
+        clean = []
+
+        def hook(layer, y, xs):
+            clean.append(y)
+            return noise(layer, y, xs)
+
+        it = model(x[sl], return_all=True, noise=hook, y0=y0[sl])
+        its.append(it)
+        if return_outputs:
+            pre = torch.stack(clean) / model.scale if clean else it[:0]
+            outs.append(torch.cat([pre.to(it.dtype), it[-1:]]))
+    iterates = torch.cat(its, dim=1)
+    return (iterates, torch.cat(outs, dim=1)) if return_outputs else iterates
+
+
+def layer_descending(iterates, outputs, y_star):
+    """Fraction of samples (per layer, (L,) float64) whose layer output before the noise,
+    ``outputs[l-1]``, is closer to y* than the layer's (perturbed) input ``iterates[l-1]``:
+    whether each layer itself descends from a perturbed point."""
+    before = ops.residual_norms(iterates[:-1], y_star)
+    after = ops.residual_norms(outputs, y_star)
+    return (after < before).to(torch.float64).mean(dim=1)
 
 
 def perturbation_sweep(model, x, y_star, sigmas=SIGMAS, *, seed=0, negative="clamp", domain_scale=100.0,
@@ -129,15 +161,19 @@ def perturbation_sweep(model, x, y_star, sigmas=SIGMAS, *, seed=0, negative="cla
         domain_scale: scale of the domain sigma refers to (module docstring).
     Returns a JSON-ready dict of lists, one entry per sigma: ``sigma``,
     ``final_distance_mean``/``_std`` (||y_L - y*||), ``final_nmse_db``, ``final_l1_mean``
-    (||y_L||_1), ``distance_mean`` (per layer, L+1) and ``descending`` (per layer, L:
-    descending frequency under that noise; the perturbed point after layer l is where
-    layer l+1 starts, as in training).
+    (||y_L||_1), ``distance_mean`` (per layer, L+1), ``descending`` (per layer, L: the
+    descending frequency of the perturbed iterates, the quantity the constraints of a
+    noisy training run bound: r_l after layer l's noise against r_(l-1) after layer
+    l-1's) and ``layer_descending`` (per layer, L: :func:`layer_descending`, whether the
+    layer itself moves its perturbed input towards y*).
     """
     rows = []
     for i, sigma in enumerate(_bar(list(sigmas), "perturbation sweep", progress)):
-        it = perturbed_iterates(model, x, float(sigma), _generator(seed, i), negative, domain_scale, batch_size)
+        it, out = perturbed_iterates(model, x, float(sigma), _generator(seed, i), negative, domain_scale,
+                                     batch_size, return_outputs=True)
         m = layer_metrics(it, x, y_star, model.problem)
-        rows.append({**_summary(m), "distance_mean": m["distance_mean"], "descending": m["descending"]})
+        rows.append({**_summary(m), "distance_mean": m["distance_mean"], "descending": m["descending"],
+                     "layer_descending": layer_descending(it, out, y_star).tolist()})
     return _collect(rows, "sigma", [float(s) for s in sigmas])
 
 

@@ -57,6 +57,7 @@ import os
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from typing import Optional
 
 import torch
@@ -231,7 +232,7 @@ class SparseCodingData:
     test: Split
     info: dict = field(default_factory=dict)
 
-    @property
+    @cached_property
     def problem(self):
         """The :class:`Lasso` of this data set (on ``D`` as stored)."""
         return Lasso(self.D, self.config.alpha)
@@ -345,7 +346,12 @@ def _synthetic(config):
 
 def _gray_image(name):
     import numpy as np
-    import skimage.data
+
+    try:
+        import skimage.data
+    except ImportError as e:
+        raise ImportError("the `patches` data set reads scikit-image's bundled images: "
+                          "pip install scikit-image") from e
 
     img = np.asarray(getattr(skimage.data, name)())
     digest = hashlib.sha256(img.tobytes()).hexdigest()
