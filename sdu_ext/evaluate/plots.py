@@ -27,6 +27,15 @@ def _save(fig, path):
     return path
 
 
+_STYLES = [dict(marker="o", ls="-"), dict(marker="s", ls="--"), dict(marker="^", ls=":"),
+           dict(marker="D", ls="-."), dict(marker="v", ls="-")]
+
+
+def _style(i):
+    """Marker and line style of series i, so that overlapping curves stay visible."""
+    return dict(_STYLES[i % len(_STYLES)], ms=4)
+
+
 def _finite(values):
     return [v if v is not None and math.isfinite(v) else math.nan for v in values]
 
@@ -34,12 +43,12 @@ def _finite(values):
 def plot_layers(results, path, title="per-layer accuracy"):
     """Distance to y* (mean, with a 10-90 % quantile band) and NMSE (dB) against the layer."""
     fig, (ax_d, ax_n) = _figure(2)
-    for name, m in results.items():
+    for i, (name, m) in enumerate(results.items()):
         layers = list(range(len(m["distance_mean"])))
-        line, = ax_d.plot(layers, m["distance_mean"], marker="o", ms=3, label=name)
+        line, = ax_d.plot(layers, m["distance_mean"], label=name, **_style(i))
         if "distance_q10" in m:
-            ax_d.fill_between(layers, m["distance_q10"], m["distance_q90"], color=line.get_color(), alpha=0.15)
-        ax_n.plot(layers, _finite(m["nmse_db"]), marker="o", ms=3, label=name)
+            ax_d.fill_between(layers, m["distance_q10"], m["distance_q90"], color=line.get_color(), alpha=0.12)
+        ax_n.plot(layers, _finite(m["nmse_db"]), label=name, **_style(i))
     ax_d.set(xlabel="layer l (0 = initial point)", ylabel="||y_l - y*||", yscale="log", title=title)
     ax_n.set(xlabel="layer l (0 = initial point)", ylabel="NMSE (dB)", title="NMSE per layer")
     for ax in (ax_d, ax_n):
@@ -71,9 +80,9 @@ def plot_descending(results, path, title="descending frequency per layer"):
 def plot_sweep(results, path):
     """Perturbation sweep: final distance and ||y_L||_1 against sigma (log-log)."""
     fig, (ax_d, ax_s) = _figure(2)
-    for name, s in results.items():
-        ax_d.plot(s["sigma"], _finite(s["final_distance_mean"]), marker="o", label=name)
-        ax_s.plot(s["sigma"], _finite(s["final_l1_mean"]), marker="o", label=name)
+    for i, (name, s) in enumerate(results.items()):
+        ax_d.plot(s["sigma"], _finite(s["final_distance_mean"]), label=name, **_style(i))
+        ax_s.plot(s["sigma"], _finite(s["final_l1_mean"]), label=name, **_style(i))
     ax_d.set(xscale="log", yscale="log", xlabel="sigma", ylabel="mean ||y_L - y*||",
              title="final distance under perturbation")
     ax_s.set(xscale="log", yscale="log", xlabel="sigma", ylabel="mean ||y_L||_1", title="output sparsity")
@@ -86,9 +95,9 @@ def plot_sweep(results, path):
 def plot_ood(results, path):
     """OOD shift: final NMSE against the new optimum y~* and final distance, against p."""
     fig, (ax_n, ax_d) = _figure(2)
-    for name, s in results.items():
-        ax_n.plot(s["p"], _finite(s["final_nmse_db"]), marker="o", label=name)
-        ax_d.plot(s["p"], _finite(s["final_distance_mean"]), marker="o", label=name)
+    for i, (name, s) in enumerate(results.items()):
+        ax_n.plot(s["p"], _finite(s["final_nmse_db"]), label=name, **_style(i))
+        ax_d.plot(s["p"], _finite(s["final_distance_mean"]), label=name, **_style(i))
     ax_n.set(xlabel="shift p", ylabel="final NMSE vs y~* (dB)", title="OOD shift")
     ax_d.set(xlabel="shift p", ylabel="mean ||y_L - y~*||", yscale="log", title="final distance vs y~*")
     for ax in (ax_n, ax_d):
@@ -100,10 +109,10 @@ def plot_ood(results, path):
 def plot_history(histories, path, key="val_loss"):
     """Training curves: ``histories`` maps a name to the trainer's history rows."""
     fig, (ax,) = _figure(1)
-    for name, rows in histories.items():
+    for i, (name, rows) in enumerate(histories.items()):
         pts = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
         if pts:
-            ax.plot(*zip(*pts), label=name)
+            ax.plot(*zip(*pts), label=name, **_style(i))
     ax.set(xlabel="epoch", ylabel=key, yscale="log", title=f"training: {key}")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
