@@ -54,7 +54,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
@@ -63,6 +62,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_write_bytes
 from .lasso import Lasso
 
 __all__ = [
@@ -447,22 +447,7 @@ def _write_cache(path, data):
     torch.save(_payload(data), buf)
     body = buf.getvalue()
     header = _MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n"
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_bytes(header + body, path)
 
 
 def _read_cache(path, config):
