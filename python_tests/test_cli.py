@@ -62,8 +62,14 @@ def test_reproduce_writes_the_report_folder(reproduced):
     assert {c["verdict"] for c in metrics["claims"]} <= {"holds", "partly holds", "does not hold"}
     report = (out / "report.md").read_text()
     for heading in ("## The paper's claims", "## Per layer, clean test set", "## Perturbation sweep",
-                    "## OOD shift", "## Descending frequency per layer under noise"):
+                    "## OOD shift", "## Descending frequency per layer under noise",
+                    "## The learned-optimizer view"):
         assert heading in report
+    match = metrics["iterations_to_match"]
+    for method in ("ista", "fista"):
+        assert set(match[method]) == {"constrained", "standard", "noisy"}
+        for k in match[method].values():  # a trained network beats its own number of classic steps
+            assert k is None or k >= 1
     assert "sdu-ext reproduce lista --preset tiny" in report
     # the three networks started from the same weights and trained on the same data
     starts = [load_checkpoint(out / "checkpoints" / v / "last.pt")["metadata"] for v in ("constrained", "noisy")]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ddp_worker as W
-from sdu_ext.evaluate import (RescaledNoise, descending_frequency, evaluate_model, layer_metrics,
+from sdu_ext.evaluate import (RescaledNoise, descending_frequency, evaluate_model, iterations_to_match, layer_metrics,
                               log_gradient_noise, nmse_db, ood_shift, perturbation_sweep, perturbed_iterates,
                               run_iterates, shift_signals, shifted_data)
 from sdu_ext.evaluate import plots
@@ -107,6 +107,22 @@ def test_ista_descends_and_evaluate_model_agrees(tiny):
     assert min(m["descending"]) == 1.0            # ISTA is non-expansive towards y*
     assert m["nmse_db"] == pytest.approx(nmse_db(it, y).tolist())
     assert all(a > b for a, b in zip(m["distance_mean"], m["distance_mean"][1:]))
+
+
+@pytest.mark.parametrize("method,cls", [("ista", ISTA), ("fista", FISTA)])
+def test_iterations_to_match_counts_unrolled_steps(tiny, method, cls):
+    """The k reported for a target NMSE is the first layer of the unrolled ISTA/FISTA
+    network (same step, y_0 = 0) that reaches it."""
+    D, x, y = tiny
+    D, x, y = D.double(), x.double(), y.double()
+    curve = nmse_db(run_iterates(cls(D, W.ALPHA, 40), x), y).tolist()
+    targets = [curve[3] + 1e-9, curve[17] + 1e-9, curve[40] + 1e-9, -400.0]
+    expected = [next(k for k, v in enumerate(curve) if v <= t) for t in targets[:3]] + [None]
+    got = iterations_to_match(Lasso(D, W.ALPHA), x, y, targets, method=method, max_iter=60)
+    assert got == expected
+    assert iterations_to_match(Lasso(D, W.ALPHA), x, y, [], method=method) == []
+    with pytest.raises(ValueError, match="method: expected 'ista' or 'fista'"):
+        iterations_to_match(Lasso(D, W.ALPHA), x, y, [0.0], method="lars")
 
 
 # ---------------------------------------------------------------- robustness

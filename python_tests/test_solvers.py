@@ -146,6 +146,23 @@ def test_ista_steps_are_exact(rng):
     assert bool((res.iterations == 25).all()) and not bool(res.converged.any())
 
 
+def test_callback_sees_every_iteration_and_can_stop(rng):
+    problem, x = gaussian_problem(rng)
+    seen = []
+
+    def callback(k, rows, codes):
+        seen.append((k, rows.tolist(), codes.clone()))
+        return k == 7
+
+    res = solvers.fista(problem, x, max_iter=50, tol=0.0, callback=callback)
+    assert [k for k, _, _ in seen] == list(range(1, 8))
+    assert all(rows == list(range(x.shape[0])) for _, rows, _ in seen)
+    torch.testing.assert_close(seen[-1][2], res.codes, rtol=0, atol=0)
+    torch.testing.assert_close(seen[2][2], solvers.fista(problem, x, max_iter=3, tol=0.0).codes, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="^callback:"):
+        solvers.ista(problem, x, callback=3)
+
+
 def test_stopping_rule(rng):
     problem, x = gaussian_problem(rng)
     tol = 1e-4

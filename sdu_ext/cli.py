@@ -51,6 +51,7 @@ CLOSE_DB = 1.0         # "final-layer accuracy close": final NMSE within this ma
 DEGRADED = 0.1         # the sweep claim is judged where standard's final distance rises by more than 10 %
 TIE_DB = 0.1           # OOD: rises of the final NMSE within 0.1 dB are ties
 TIE_REL = 0.02         # sweep: degradations within 2 % of each other are ties
+MATCH_MAX_ITER = 5000  # learned-optimizer view: classic iterations tried to match a network's NMSE
 
 try:
     from tqdm.auto import tqdm
@@ -502,6 +503,21 @@ def write_report(out, preset, data, results, command):
     lines += ["## Final layer, clean test set", "",
               _table(["network", "NMSE (dB)", "||y_L - y*|| mean ± std", "f(y_L) - f(y*)", "||y_L||_1",
                       "||y*||_1", "best epoch", "train s"], rows), ""]
+    match = results.get("iterations_to_match")
+    if match:
+        L = preset.model.num_layers
+
+        def its(k):
+            return f"> {match['max_iter']}" if k is None else str(k)
+
+        lines += ["## The learned-optimizer view", "",
+                  f"How many iterations of ISTA and FISTA (step 1/Lip, from y_0 = 0, float64) reach each trained "
+                  f"L = {L} network's final-layer NMSE on the test set:", "",
+                  _table(["network", "final NMSE (dB)", "ISTA iterations", "FISTA iterations", "FISTA / L"],
+                         [[lab[k], _f(models[k]["clean"]["nmse_db"][-1]), its(match["ista"][k]),
+                           its(match["fista"][k]),
+                           "-" if match["fista"][k] is None else _f(match["fista"][k] / L, 1)] for k in names]),
+                  ""]
     sw = {k: models[k]["robustness"]["sweep"] for k in names}
     sigmas = sw[names[0]]["sigma"]
     rows, rows_d = [], []
@@ -719,6 +735,7 @@ GITIGNORE = "# written by `sdu-ext reproduce`: large and machine-specific\ncheck
 def cmd_reproduce(args):
     from .evaluate import plots
     from .models import FISTA, ISTA
+    from .problems import Lasso
 
     t_start = time.perf_counter()
     preset = _apply_overrides(args.preset, args)
@@ -774,6 +791,16 @@ def cmd_reproduce(args):
                  "FISTA": M.evaluate_model(FISTA(D, data.alpha, L), *data_dev.test, batch_size=ev.batch_size)}
     timing["evaluate_seconds"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
+    targets = [models[k]["clean"]["nmse_db"][-1] for k in models]
+    matching = {"max_iter": MATCH_MAX_ITER}
+    problem = Lasso(data_dev.D, data.alpha)
+    for method in ("ista", "fista"):
+        its = M.iterations_to_match(problem, *data_dev.test, targets, method=method,
+                                    max_iter=MATCH_MAX_ITER)
+        matching[method] = dict(zip(models, its))
+    timing["learned_optimizer_seconds"] = time.perf_counter() - t0
+
     claim_input = {k: {"clean": v["clean"], **v["robustness"]} for k, v in models.items()}
     claims = assess_claims(claim_input)
 
@@ -797,7 +824,8 @@ def cmd_reproduce(args):
     results = {"format": CLI_FORMAT, "preset": preset.to_dict(), "seed": args.seed, "machine": _machine(),
                "data": {"train": int(data.train[0].shape[0]), "val": int(data.val[0].shape[0]),
                         "test": int(data.test[0].shape[0]), "info": info},
-               "timing": timing, "claims": claims, "models": models, "baselines": baselines}
+               "timing": timing, "claims": claims, "models": models, "baselines": baselines,
+               "iterations_to_match": matching}
     command = "sdu-ext reproduce lista --preset " + preset.name + (f" --seed {args.seed}" if args.seed else "") \
         + (f" --epochs {args.epochs}" if args.epochs is not None else "") \
         + (f" --threads {args.threads}" if args.threads is not None else "")

@@ -137,8 +137,11 @@ def _lipschitz(problem, G):
 class _Classic:
     """Shared driver of ISTA / FISTA: per-signal stopping and freezing, progress bar."""
 
-    def __init__(self, problem, x, y0, dtype, max_iter, tol, step, progress, name):
+    def __init__(self, problem, x, y0, dtype, max_iter, tol, step, progress, name, callback=None):
         _check_problem(problem, x)
+        if callback is not None and not callable(callback):
+            raise ValueError(f"callback: expected a callable or None, got {type(callback).__name__}")
+        self.callback = callback
         m = problem.D.shape[1]
         _check_common(max_iter, tol, y0, x, m, dtype)
         self.dtype = dtype or (problem.D.dtype if problem.D.dtype in (torch.float32, torch.float64)
@@ -189,6 +192,10 @@ _STOP_DOC = """
         step: gradient step (default ``1 / problem.lipschitz``).
         dtype: iteration dtype, torch.float32 or torch.float64 (default D's dtype).
         progress: tqdm bar: True / False, or None = only for long solves.
+        callback: optional ``callback(k, rows, codes) -> bool`` called after every
+            iteration k with the indices (R,) of the signals still iterating and their
+            codes (R, m) (read-only; every signal when ``tol=0``); returning True stops
+            the solve (``iterations`` keeps ``max_iter`` for signals that did not stop).
     Returns:
         :class:`LassoResult` (codes in ``dtype``; gap and objective in float64).
 """
@@ -224,6 +231,8 @@ def _run_classic(solver, accelerated, restart):
         den = torch.linalg.vector_norm(v, dim=-1)
         ya = v
         solver.bar.update(1)
+        if solver.callback is not None and solver.callback(k, idx, ya):
+            break
         if tol > 0:
             done = num <= tol * den
             if bool(done.any()):
@@ -239,22 +248,22 @@ def _run_classic(solver, accelerated, restart):
     return solver.result()
 
 
-def ista(problem, x, *, y0=None, max_iter=1000, tol=1e-6, step=None, dtype=None, progress=None):
+def ista(problem, x, *, y0=None, max_iter=1000, tol=1e-6, step=None, dtype=None, progress=None, callback=None):
     """Batched ISTA (proximal gradient): ``y <- soft(y - step * D^T (D y - x), step * alpha)``.
     """
-    solver = _Classic(problem, x, y0, dtype, max_iter, tol, step, progress, "ista")
+    solver = _Classic(problem, x, y0, dtype, max_iter, tol, step, progress, "ista", callback)
     return _run_classic(solver, accelerated=False, restart=False)
 
 
 def fista(problem, x, *, y0=None, max_iter=1000, tol=1e-6, step=None, restart=False, dtype=None,
-          progress=None):
+          progress=None, callback=None):
     """Batched FISTA (Beck & Teboulle) with optional per-signal adaptive restart.
 
     ``restart=True`` resets a signal's momentum whenever the step turns against it
     (``(z_k - y_{k+1}) . (y_{k+1} - y_k) > 0``, O'Donoghue & Candes), which makes
     FISTA linearly convergent on the well-conditioned problems it usually meets.
     """
-    solver = _Classic(problem, x, y0, dtype, max_iter, tol, step, progress, "fista")
+    solver = _Classic(problem, x, y0, dtype, max_iter, tol, step, progress, "fista", callback)
     return _run_classic(solver, accelerated=True, restart=restart)
 
 

@@ -6,10 +6,12 @@
   shift scored against the optimum of the shifted signals.
 - :mod:`~sdu_ext.evaluate.plots`: PNG plots of both (matplotlib, imported lazily).
 """
-from .metrics import descending_frequency, evaluate_model, layer_metrics, nmse_db, run_iterates
+from .metrics import (descending_frequency, evaluate_model, iterations_to_match, layer_metrics, nmse_db,
+                      run_iterates)
 from .robustness import (SHIFTS, SIGMAS, RescaledNoise, layer_descending, log_gradient_noise, ood_shift,
                          perturbation_sweep, perturbed_iterates, shift_signals, shifted_data)
 
 __all__ = ["run_iterates", "nmse_db", "descending_frequency", "layer_metrics", "evaluate_model",
+           "iterations_to_match",
            "SIGMAS", "SHIFTS", "RescaledNoise", "log_gradient_noise", "perturbed_iterates", "layer_descending",
            "perturbation_sweep", "shift_signals", "shifted_data", "ood_shift"]

@@ -148,3 +148,35 @@ def evaluate_model(model, x, y_star, *, generator=None, batch_size=1024):
     ``generator`` seeds the random initial point of ``paper`` LISTA)."""
     it = run_iterates(model, x, generator=generator, batch_size=batch_size)
     return layer_metrics(it, x, y_star, model.problem)
+
+
+def iterations_to_match(problem, x, y_star, targets_db, *, method="fista", max_iter=10000):
+    """The learned-optimizer view: how many classic iterations reach a given NMSE.
+
+    Runs ``method`` ("ista" or "fista", step 1 / Lip, from y_0 = 0, float64; see
+    :mod:`sdu_ext.solvers`) on ``x`` (N, n) and returns, for every target NMSE in dB
+    (e.g. the final-layer NMSE of trained L-layer networks), the first iteration whose
+    iterate has :func:`nmse_db` against ``y_star`` (N, m) at or below the target, or
+    None if ``max_iter`` iterations do not reach it.
+    """
+    from .. import solvers
+
+    if method not in ("ista", "fista"):
+        raise ValueError(f"method: expected 'ista' or 'fista', got {method!r}")
+    targets = [float(t) for t in targets_db]
+    if any(math.isnan(t) for t in targets):
+        raise ValueError(f"targets_db: expected numbers, got {targets_db!r}")
+    found = [None] * len(targets)
+    ref = y_star.to(torch.float64)
+
+    def record(k, rows, codes):
+        value = float(nmse_db(codes, ref[rows]))
+        for i, t in enumerate(targets):
+            if found[i] is None and value <= t:
+                found[i] = k
+        return all(f is not None for f in found)
+
+    if targets:
+        solve = solvers.fista if method == "fista" else solvers.ista
+        solve(problem, x, max_iter=max_iter, tol=0.0, dtype=torch.float64, callback=record)
+    return found

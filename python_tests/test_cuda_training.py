@@ -1,0 +1,64 @@
+"""The Python layer on CUDA: primal-dual training, evaluation and the `sdu-ext` command
+give the same results on a GPU as on the CPU (float64, tolerance for reduction order).
+Every test here skips without a visible CUDA device."""
+import json
+
+import pytest
+import torch
+
+import ddp_worker as W
+from sdu_ext import cli
+from sdu_ext.evaluate import evaluate_model
+from sdu_ext.models import LISTA
+from sdu_ext.train import DescentConstraints, PrimalDualTrainer, TrainConfig
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")]
+F64 = torch.float64
+
+
+def _trained(device, form):
+    D, train, val = W.make_problem(seed=3, n_train=256, n_val=64, dtype=F64)
+    model = LISTA(D, W.ALPHA, W.L, init="ista")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # perturbed on the CPU, so both devices start from the same weights
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    # eps=0.3 is more than the perturbed ISTA layers give: the multipliers become active.
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=3e-3, lr_dual=1.0, eps=0.3, seed=0, device=device)
+    trainer = PrimalDualTrainer(model, train, val, cfg, DescentConstraints("distance", form))
+    return trainer, trainer.fit()
+
+
+@pytest.mark.parametrize("form", ["mean_ratio", "ratio_of_means"])
+def test_constrained_training_on_cuda_matches_cpu(form):
+    (ct, ch), (gt, gh) = _trained("cpu", form), _trained("cuda", form)
+    assert next(gt.model.parameters()).device.type == "cuda"
+    nu_cpu, nu_gpu = ct.multipliers["descent"], gt.multipliers["descent"]
+    assert nu_cpu.max() > 0, "the test needs active constraints"
+    torch.testing.assert_close(nu_gpu, nu_cpu, rtol=1e-6, atol=1e-9)
+    for k, v in ct.model.state_dict().items():
+        torch.testing.assert_close(gt.model.state_dict()[k].cpu(), v, rtol=1e-6, atol=1e-9, msg=k)
+    for rc, rg in zip(ch, gh):
+        assert rg["val_loss"] == pytest.approx(rc["val_loss"], rel=1e-6)
+
+
+def test_evaluation_on_cuda_matches_cpu():
+    D, _, (x, y) = W.make_problem(seed=4, n_train=16, n_val=128, dtype=F64)
+    model = LISTA(D, W.ALPHA, W.L, init="ista")
+    cpu = evaluate_model(model, x, y)
+    gpu = evaluate_model(model.to("cuda"), x.to("cuda"), y.to("cuda"))
+    assert cpu.keys() == gpu.keys()
+    for key in ("nmse_db", "descending", "support_fraction"):
+        assert gpu[key] == pytest.approx(cpu[key], rel=1e-9, abs=1e-9), key
+
+
+@pytest.mark.filterwarnings("ignore:data. dropped:UserWarning")
+def test_reproduce_tiny_on_cuda(tmp_path):
+    out = tmp_path / "tiny"
+    rc = cli.main(["reproduce", "lista", "--preset", "tiny", "--device", "cuda", "--out", str(out), "--quiet",
+                   "--data-cache", str(tmp_path / "cache")])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (out / "report.md").is_file()
+    text = json.dumps(metrics)
+    assert "NaN" not in text and "Infinity" not in text
