@@ -16,9 +16,9 @@ void check_matrix(const at::Tensor& t, const char* name, int64_t rows, int64_t c
   check_floating(t, name);
   check_same_dtype(t, name, y, "y");
   check_same_device(t, name, y, "y");
-  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, name,
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, msg(name,
               ": expected shape (", rows, ", ", cols, ") = ", what, ", got ",
-              shape_str(t.sizes()));
+              shape_str(t.sizes())));
 }
 
 at::Tensor lista_layer(const at::Tensor& y, const at::Tensor& xs, const at::Tensor& W1,

@@ -115,7 +115,7 @@ def test_theta_of_another_dtype(rng, device, x_dtype, theta_dtype, theta_kind):
     y_ref = R.soft_threshold(x64, th_used)
     check(y, y_ref, x_dtype, rng, "mixed dtype forward")
     g = rng.randn(*shape) * kink_mask(x64.detach().abs() - th_used.detach(), x_dtype)
-    y.backward(g.to(x_dtype))
+    y.backward(g.to(device=x.device, dtype=x_dtype))
     gx, gt = torch.autograd.grad(y_ref, [x64, th64], g)
     check(x.grad, gx, x_dtype, rng, "mixed dtype grad x")
     assert theta.grad.dtype == theta_dtype and theta.grad.shape == theta.shape
@@ -169,7 +169,7 @@ def test_negative_threshold_known_values(device, dtype):
 def test_negative_threshold_matches_reference(rng, device, dtype, theta_kind):
     shape = (4, 33)
     x = rng.make(shape, dtype, device)
-    x = x.masked_fill(torch.rand(shape, generator=rng.gen) < 0.2, 0.0).requires_grad_()
+    x = x.masked_fill((torch.rand(shape, generator=rng.gen) < 0.2).to(device), 0.0).requires_grad_()
     theta = make_theta(rng, theta_kind, shape, dtype, device, low=-0.8, high=0.3)
     run_and_compare(rng, x, theta, dtype, f"negative theta={theta_kind}")
 

@@ -5,20 +5,47 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 
-#include <sstream>
+#include <cstdio>
 #include <string>
 
 #include "math.h"
 
 namespace sdu {
 
+// Error messages are assembled here as one std::string and handed to TORCH_CHECK
+// whole, so no number passes through an iostream compiled into this library: on a
+// CUDA machine image with torch 2.11 (H200, 2026-11-29) every check whose message
+// streamed a number (c10::str or std::ostringstream here) segfaulted, while messages
+// of strings alone raised normally. std::to_string and snprintf avoid the streams.
+namespace detail {
+inline void put(std::string& s, const char* v) { s += v; }
+inline void put(std::string& s, const std::string& v) { s += v; }
+inline void put(std::string& s, c10::string_view v) { s.append(v.data(), v.size()); }
+inline void put(std::string& s, int64_t v) { s += std::to_string(v); }
+inline void put(std::string& s, int v) { s += std::to_string(v); }
+inline void put(std::string& s, double v) {
+  char buf[32];  // %g is what an ostream prints by default (precision 6)
+  std::snprintf(buf, sizeof buf, "%g", v);
+  s += buf;
+}
+inline void put(std::string& s, const c10::Device& v) { s += v.str(); }
+}  // namespace detail
+
+template <typename... Args>
+std::string msg(const Args&... args) {
+  std::string s;
+  (detail::put(s, args), ...);
+  return s;
+}
+
 inline std::string shape_str(at::IntArrayRef s) {
-  std::ostringstream o;
-  o << "(";
-  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
-  if (s.size() == 1) o << ",";
-  o << ")";
-  return o.str();
+  std::string o = "(";
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i) o += ", ";
+    o += std::to_string(s[i]);
+  }
+  if (s.size() == 1) o += ",";
+  return o + ")";
 }
 
 // The dtype as Python spells it (torch.float32), so C++ and fake-kernel messages agree.
@@ -41,29 +68,29 @@ inline std::string dtype_str(at::ScalarType st) {
 }
 
 inline void check_floating(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.defined(), name, ": expected a tensor, got None");
+  TORCH_CHECK(t.defined(), msg(name, ": expected a tensor, got None"));
   auto st = t.scalar_type();
   TORCH_CHECK(
-      st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, name,
-      ": expected dtype float32, float64, float16 or bfloat16, got ", dtype_str(st));
+      st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, msg(name,
+      ": expected dtype float32, float64, float16 or bfloat16, got ", dtype_str(st)));
 }
 
 inline void check_same_dtype(const at::Tensor& t, const char* name, const at::Tensor& ref,
                              const char* ref_name) {
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, ": expected dtype ",
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), msg(name, ": expected dtype ",
               dtype_str(ref.scalar_type()), " (same as ", ref_name, "), got ",
-              dtype_str(t.scalar_type()));
+              dtype_str(t.scalar_type())));
 }
 
 inline void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& ref,
                               const char* ref_name) {
-  TORCH_CHECK(t.device() == ref.device(), name, ": expected device ", ref.device(),
-              " (same as ", ref_name, "), got ", t.device());
+  TORCH_CHECK(t.device() == ref.device(), msg(name, ": expected device ", ref.device(),
+              " (same as ", ref_name, "), got ", t.device()));
 }
 
 inline void check_dim(const at::Tensor& t, const char* name, int64_t dim, const char* what) {
-  TORCH_CHECK(t.dim() == dim, name, ": expected a ", dim, "-D tensor ", what, ", got shape ",
-              shape_str(t.sizes()));
+  TORCH_CHECK(t.dim() == dim, msg(name, ": expected a ", dim, "-D tensor ", what, ", got shape ",
+              shape_str(t.sizes())));
 }
 
 // How theta broadcasts against x: one value, one value per entry of the last
@@ -78,8 +105,8 @@ inline ThetaMode check_theta(const at::Tensor& x, const at::Tensor& theta, const
     int64_t t = theta.size(-i), s = x.size(-i);
     ok = t == 1 || t == s;
   }
-  TORCH_CHECK(ok, "theta: expected shape broadcastable to ", x_name, " ", shape_str(x.sizes()), ", got ",
-              shape_str(theta.sizes()));
+  TORCH_CHECK(ok, msg("theta: expected shape broadcastable to ", x_name, " ", shape_str(x.sizes()), ", got ",
+              shape_str(theta.sizes())));
   if (theta.numel() == 1) return ThetaMode::Scalar;
   int64_t d = x.dim() ? x.size(-1) : 1;
   if (theta.numel() == d && theta.size(-1) == d) return ThetaMode::Row;
@@ -109,35 +136,35 @@ inline Form parse_form(c10::string_view form) {
   if (form == "mean_ratio") return Form::MeanRatio;
   if (form == "ratio_of_means") return Form::RatioOfMeans;
   if (form == "difference") return Form::Difference;
-  TORCH_CHECK_VALUE(false, "form: expected one of 'mean_ratio', 'ratio_of_means', 'difference', got '",
-                    std::string(form), "'");
+  TORCH_CHECK_VALUE(false, msg("form: expected one of 'mean_ratio', 'ratio_of_means', 'difference', got '",
+                    std::string(form), "'"));
 }
 
 inline void check_eps(double eps) {
-  TORCH_CHECK_VALUE(eps >= 0.0 && eps < 1.0, "eps: expected a value in [0, 1), got ", eps);
+  TORCH_CHECK_VALUE(eps >= 0.0 && eps < 1.0, msg("eps: expected a value in [0, 1), got ", eps));
 }
 
 inline void check_iterates(const at::Tensor& iterates, const c10::optional<at::Tensor>& reference) {
   check_floating(iterates, "iterates");
   check_dim(iterates, "iterates", 3, "(L+1, B, m)");
-  TORCH_CHECK(iterates.size(0) >= 1, "iterates: expected at least one layer (L+1 >= 1), got shape ",
-              shape_str(iterates.sizes()));
+  TORCH_CHECK(iterates.size(0) >= 1, msg("iterates: expected at least one layer (L+1 >= 1), got shape ",
+              shape_str(iterates.sizes())));
   if (reference.has_value() && reference->defined()) {
     const auto& r = *reference;
     check_floating(r, "reference");
     check_same_dtype(r, "reference", iterates, "iterates");
     check_same_device(r, "reference", iterates, "iterates");
     TORCH_CHECK(r.dim() == 2 && r.size(0) == iterates.size(1) && r.size(1) == iterates.size(2),
-                "reference: expected shape (", iterates.size(1), ", ", iterates.size(2),
-                ") = (B, m) of iterates, got ", shape_str(r.sizes()));
+                msg("reference: expected shape (", iterates.size(1), ", ", iterates.size(2),
+                ") = (B, m) of iterates, got ", shape_str(r.sizes())));
   }
 }
 
 inline void check_norms(const at::Tensor& norms) {
   check_floating(norms, "norms");
   check_dim(norms, "norms", 2, "(L+1, B)");
-  TORCH_CHECK(norms.size(0) >= 1, "norms: expected at least one layer (L+1 >= 1), got shape ",
-              shape_str(norms.sizes()));
+  TORCH_CHECK(norms.size(0) >= 1, msg("norms: expected at least one layer (L+1 >= 1), got shape ",
+              shape_str(norms.sizes())));
 }
 
 // Argument checks of the backward helpers and of min_norm_subgradient, shared by
@@ -147,8 +174,8 @@ inline ThetaMode check_soft_threshold_backward(const at::Tensor& grad, const at:
   check_floating(y, "y");
   check_floating(grad, "grad");
   check_same_device(grad, "grad", y, "y");
-  TORCH_CHECK(grad.sizes() == y.sizes(), "grad: expected shape ", shape_str(y.sizes()),
-              " (same as y), got ", shape_str(grad.sizes()));
+  TORCH_CHECK(grad.sizes() == y.sizes(), msg("grad: expected shape ", shape_str(y.sizes()),
+              " (same as y), got ", shape_str(grad.sizes())));
   return check_theta(y, theta, "y");
 }
 
@@ -157,10 +184,10 @@ inline void check_residual_norms_backward(const at::Tensor& grad, const at::Tens
                                           const at::Tensor& norms) {
   check_iterates(iterates, reference);
   int64_t L1 = iterates.size(0), B = iterates.size(1);
-  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == L1 && grad.size(1) == B, "grad: expected shape (",
-              L1, ", ", B, ") = (L+1, B), got ", shape_str(grad.sizes()));
-  TORCH_CHECK(norms.sizes() == grad.sizes(), "norms: expected shape ", shape_str(grad.sizes()),
-              ", got ", shape_str(norms.sizes()));
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == L1 && grad.size(1) == B, msg("grad: expected shape (",
+              L1, ", ", B, ") = (L+1, B), got ", shape_str(grad.sizes())));
+  TORCH_CHECK(norms.sizes() == grad.sizes(), msg("norms: expected shape ", shape_str(grad.sizes()),
+              ", got ", shape_str(norms.sizes())));
 }
 
 inline Form check_violations(const at::Tensor& norms, double eps, c10::string_view form) {
@@ -173,8 +200,8 @@ inline Form check_violations_backward(const at::Tensor& grad, const at::Tensor& 
                                       c10::string_view form) {
   Form f = check_violations(norms, eps, form);
   int64_t L = norms.size(0) - 1;
-  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == L, "grad: expected shape (", L, ",) = (L,), got ",
-              shape_str(grad.sizes()));
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == L, msg("grad: expected shape (", L, ",) = (L,), got ",
+              shape_str(grad.sizes())));
   return f;
 }
 
@@ -183,17 +210,17 @@ inline void check_subgradient(const at::Tensor& grad, const at::Tensor& y, doubl
   check_floating(y, "y");
   check_same_dtype(y, "y", grad, "grad");
   check_same_device(y, "y", grad, "grad");
-  TORCH_CHECK(y.sizes() == grad.sizes(), "y: expected shape ", shape_str(grad.sizes()),
-              " (same as grad), got ", shape_str(y.sizes()));
-  TORCH_CHECK_VALUE(alpha >= 0, "alpha: expected a non-negative value, got ", alpha);
+  TORCH_CHECK(y.sizes() == grad.sizes(), msg("y: expected shape ", shape_str(grad.sizes()),
+              " (same as grad), got ", shape_str(y.sizes())));
+  TORCH_CHECK_VALUE(alpha >= 0, msg("alpha: expected a non-negative value, got ", alpha));
 }
 
 inline void check_subgradient_backward(const at::Tensor& grad_out, const at::Tensor& grad,
                                        const at::Tensor& y, double alpha) {
   check_subgradient(grad, y, alpha);
   check_same_device(grad_out, "grad_out", grad, "grad");
-  TORCH_CHECK(grad_out.sizes() == grad.sizes(), "grad_out: expected shape ", shape_str(grad.sizes()),
-              " (same as grad), got ", shape_str(grad_out.sizes()));
+  TORCH_CHECK(grad_out.sizes() == grad.sizes(), msg("grad_out: expected shape ", shape_str(grad.sizes()),
+              " (same as grad), got ", shape_str(grad_out.sizes())));
 }
 
 inline bool has_reference(const c10::optional<at::Tensor>& reference) {
