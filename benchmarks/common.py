@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
@@ -268,3 +269,17 @@ def _git_revision() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return rev + ("+dirty" if dirty else "")
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def update_readme_section(key: str, body: str, path: Path = README) -> None:
+    """Replace the README text between ``<!-- benchmarks:KEY:start -->`` and its end marker."""
+    start, end = f"<!-- benchmarks:{key}:start -->", f"<!-- benchmarks:{key}:end -->"
+    text = path.read_text()
+    if start not in text or end not in text:
+        raise SystemExit(f"--readme: {path} has no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{body}\n{end}{tail}")

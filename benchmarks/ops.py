@@ -48,6 +48,7 @@ from common import (  # noqa: E402
     saved_for_backward,
     summarize,
     time_job,
+    update_readme_section,
 )
 
 MODES = ("forward", "backward", "full")
@@ -587,9 +588,6 @@ def print_summary(rows: list[dict[str, Any]]) -> None:
         print(f"{verdict}  {value}  (goal {t.goal:>8})  {t.name}")
 
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-
-
 def readme_section(rows: list[dict[str, Any]], device: str, md_name: str) -> str:
     """The README's generated summary: where and when, sdu_ext vs baselines, the targets."""
     first = rows[0]
@@ -615,15 +613,9 @@ def readme_section(rows: list[dict[str, Any]], device: str, md_name: str) -> str
     return "\n".join(lines)
 
 
-def update_readme(rows: list[dict[str, Any]], device: str, md_name: str, path: Path = README) -> None:
-    """Replace the text between the README's markers for this device with a fresh section."""
-    start, end = f"<!-- benchmarks:ops:{device}:start -->", f"<!-- benchmarks:ops:{device}:end -->"
-    text = path.read_text()
-    if start not in text or end not in text:
-        raise SystemExit(f"--readme: {path} has no {start} ... {end} markers")
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    path.write_text(f"{head}{start}\n{readme_section(rows, device, md_name)}\n{end}{tail}")
+def update_readme(rows: list[dict[str, Any]], device: str, md_name: str) -> None:
+    """Replace the README's generated section for this device."""
+    update_readme_section(f"ops:{device}", readme_section(rows, device, md_name))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
