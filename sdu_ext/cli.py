@@ -906,6 +906,8 @@ def build_parser():
                    help="continue killed training runs in --out and reuse finished ones")
     _common(p)
     p.set_defaults(run=cmd_reproduce)
+    from .cli_inpaint import add_parsers
+    add_parsers(sub, rsub)
     return parser
 
 

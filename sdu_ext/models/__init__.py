@@ -7,7 +7,9 @@ Learned: :class:`LISTA` (``ista``/``paper`` initialisation, tied or untied),
 Noise hooks between layers: :class:`LogGradientNoise`, :class:`FixedNoise`.
 """
 from .classic import FISTA, ISTA, Unrolled
+from .glow_prox import GlowProx, UnitDirectionNoise
 from .lista import ALISTA, LISTA, LISTA_CP
 from .noise import FixedNoise, LogGradientNoise
 
-__all__ = ["Unrolled", "ISTA", "FISTA", "LISTA", "LISTA_CP", "ALISTA", "FixedNoise", "LogGradientNoise"]
+__all__ = ["Unrolled", "ISTA", "FISTA", "LISTA", "LISTA_CP", "ALISTA", "FixedNoise", "LogGradientNoise",
+           "GlowProx", "UnitDirectionNoise"]
