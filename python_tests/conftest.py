@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import sdu_ext  # noqa: E402,F401  (registers torch.ops.sdu)
-from sdu_testing import Rng  # noqa: E402
+from sdu_testing import Rng, torch_threads  # noqa: E402
 
 
 def _fresh_seed():
@@ -40,6 +40,15 @@ def pytest_runtest_makereport(item, call):
                 report.sections.append(
                     ("random seed", f"seed={value}; reproduce with SDU_TEST_SEED={value}")
                 )
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    small problems run faster than on two threads of a shared machine, and their reductions
+    are reproducible."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,8 @@ Everything that is table-driven across the suite lives here: the dtype and devic
 lists, the per-dtype tolerances, random-input construction with a recorded seed,
 layout (non-contiguous view) construction and the comparison helper.
 """
+import contextlib
+
 import pytest
 import torch
 
@@ -106,6 +108,18 @@ class Rng:
         if layout != "contiguous" and t.numel() > 1 and min(shape) > 1:
             assert not out.is_contiguous(), "layout helper failed to build a non-contiguous view"
         return out
+
+
+@contextlib.contextmanager
+def torch_threads(n):
+    """Run the block with ``torch.set_num_threads(n)``; the previous count is restored after
+    (also when the block, e.g. the CLI's ``--threads``, changed it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def up(t):

@@ -15,19 +15,13 @@ from sdu_ext.flows import Glow, GlowConfig
 from sdu_ext.models import GlowProx, UnitDirectionNoise
 from sdu_ext.problems import inpainting as D
 from sdu_ext.train import PrimalDualTrainer, TrainConfig
+from sdu_testing import torch_threads
+
+# small convolutions; the CLI's --threads changes the global setting, which the fixture restores
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = dict(image_size=16, channels=1, bits=5, n_train=16, n_val=8, n_test=8)
 GLOW = GlowConfig(in_channels=1, image_size=16, levels=2, steps=1, hidden=8)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # small convolutions: one thread is faster than two on a shared machine, and the CLI's
-    # --threads changes the global setting, which is restored here
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -305,10 +299,9 @@ def test_trainer_runs_two_constrained_epochs_with_non_negative_multipliers(tiny,
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("inpaint") / "tiny"
-    n = torch.get_num_threads()
-    rc = cli.main(["reproduce", "inpaint", "--preset", "tiny", "--out", str(out), "--quiet", "--threads", "1",
-                   "--data-cache", cache_dir])
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        rc = cli.main(["reproduce", "inpaint", "--preset", "tiny", "--out", str(out), "--quiet", "--threads", "1",
+                       "--data-cache", cache_dir])
     assert rc == 0
     return out
 
@@ -341,10 +334,8 @@ def test_reproduce_inpaint_writes_the_report_folder(reproduced):
 
 def test_reproduce_inpaint_resume_reuses_finished_work(reproduced, cache_dir):
     before = json.loads((reproduced / "metrics.json").read_text())
-    n = torch.get_num_threads()
     rc = cli.main(["reproduce", "inpaint", "--preset", "tiny", "--out", str(reproduced), "--quiet", "--resume",
                    "--threads", "1", "--data-cache", cache_dir])
-    torch.set_num_threads(n)
     assert rc == 0
     after = json.loads((reproduced / "metrics.json").read_text())
     assert after["timing"]["resumed"] is True and after["glow"]["reused"] is True

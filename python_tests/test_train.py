@@ -28,6 +28,10 @@ from sdu_ext.problems import Lasso
 from sdu_ext.train import (DescentConstraints, NonFiniteError, PrimalDualTrainer, TrainConfig, atomic_save,
                            load_checkpoint)
 from sdu_ext.train.constraints import Stats
+from sdu_testing import torch_threads
+
+# tiny problems: one thread is faster and its reductions are reproducible
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 F64 = torch.float64
@@ -38,15 +42,6 @@ L = W.L
 SATISFIED_TOL = 0.03
 # ... and the standard network must exceed this on at least one layer.
 VIOLATED_MIN = 0.05
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny problems: one thread is faster and its reductions are reproducible.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @functools.lru_cache(maxsize=None)
@@ -145,12 +140,8 @@ def train_lista(mode, seed, epochs=30, **kw):
 
 @pytest.fixture(scope="module")
 def constrained_vs_standard():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return {mode: train_lista(mode, seed=0) for mode in ("constrained", "unconstrained")}
-    finally:
-        torch.set_num_threads(n)
 
 
 def test_constrained_satisfies_every_layer_standard_violates(constrained_vs_standard):

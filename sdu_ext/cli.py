@@ -5,6 +5,10 @@
     sdu-ext lista robustness --checkpoint runs/c [--preset quick] [--out DIR]
     sdu-ext reproduce lista  --preset quick --out results/lista_quick [--resume]
 
+The inpainting commands (``sdu-ext inpaint ...``, ``sdu-ext reproduce inpaint``) live in
+:mod:`sdu_ext.cli_inpaint` and share this module's options, checkpoint reading and report
+helpers.
+
 ``reproduce`` trains the constrained, the standard and the standard-with-noise LISTA on
 the same data from the same initial weights, evaluates the three (and ISTA/FISTA) with
 the protocol of SPEC section 6 and writes a report folder: ``report.md``,
@@ -20,6 +24,7 @@ Seeds: the data set is fixed by the preset (its ``data.seed``); ``--seed`` seeds
 initial weights, the training (shuffling, noise) and every evaluation draw.
 """
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import math
@@ -30,20 +35,16 @@ import time
 import warnings
 
 import torch
+from tqdm.auto import tqdm
 
 from . import presets as P
 from .evaluate import metrics as M
 from .evaluate import robustness as R
+from .presets import LABELS, VARIANTS
 from .train import NonFiniteError, PrimalDualTrainer, load_checkpoint
 from .train.checkpoint import atomic_save, atomic_write_json, atomic_write_text
 
 CLI_FORMAT = "sdu_ext.cli/1"
-VARIANTS = {  # report name -> (trainer mode, trains with noise)
-    "constrained": ("constrained", True),
-    "standard": ("unconstrained", False),
-    "noisy": ("noisy", True),
-}
-LABELS = {"constrained": "constrained", "standard": "standard", "noisy": "standard + noise"}
 MODES = {"constrained": "constrained", "standard": "standard", "unconstrained": "standard", "noisy": "noisy"}
 # Thresholds of the report's verdicts (stated in the report).
 NEAR_ONE = 0.95        # "descends at every layer": descending frequency >= this at every layer
@@ -52,11 +53,6 @@ DEGRADED = 0.1         # the sweep claim is judged where standard's final distan
 TIE_DB = 0.1           # OOD: rises of the final NMSE within 0.1 dB are ties
 TIE_REL = 0.02         # sweep: degradations within 2 % of each other are ties
 MATCH_MAX_ITER = 5000  # learned-optimizer view: classic iterations tried to match a network's NMSE
-
-try:
-    from tqdm.auto import tqdm
-except ImportError:  # pragma: no cover - tqdm is a dependency
-    tqdm = None
 
 
 class CLIError(Exception):
@@ -189,12 +185,8 @@ def train_variant(preset, variant, data, run_dir, *, seed=0, device="cpu", resum
     trainer = PrimalDualTrainer(model, data.train, data.val, cfg, constraints, noise=noise,
                                 metadata=_metadata(preset, variant, data))
     t0 = time.perf_counter()
-    try:
+    with _resume_errors(run_dir):
         history = trainer.fit(resume=resume)
-    except ValueError as e:
-        if resume and str(e).startswith("resume:"):
-            raise CLIError(f"{e} (run without --resume to start {run_dir!r} afresh)") from e
-        raise
     nus = None
     if mode == "constrained":
         nus = [max(float(r.get(f"nu_{l}", 0.0)) for r in history) if history else 0.0
@@ -208,16 +200,43 @@ def train_variant(preset, variant, data, run_dir, *, seed=0, device="cpu", resum
     return model, summary, history
 
 
-def _resolve_checkpoint(path):
+@contextlib.contextmanager
+def _resume_errors(run_dir):
+    """Turn the trainer's ValueError of a checkpoint that ``--resume`` cannot continue into a
+    CLIError that says how to start ``run_dir`` afresh."""
+    try:
+        yield
+    except ValueError as e:
+        if str(e).startswith("resume:"):
+            raise CLIError(f"{e} (run without --resume to start {run_dir!r} afresh)") from e
+        raise
+
+
+def _read_checkpoint(path, kind):
+    """``(file, state)`` of the checkpoint ``path`` (a file, or a run directory holding
+    ``best.pt`` or ``last.pt``) written by ``sdu-ext <kind> train``; CLIError otherwise."""
+    hint = f"(train one with `sdu-ext {kind} train --out DIR`)"
     if os.path.isdir(path):
-        for name in ("best.pt", "last.pt"):
-            if os.path.isfile(os.path.join(path, name)):
-                return os.path.join(path, name)
-        raise CLIError(f"checkpoint: no best.pt or last.pt in the directory {path!r} "
-                       "(train one with `sdu-ext lista train --out DIR`)")
-    if not os.path.isfile(path):
-        raise CLIError(f"checkpoint: no file at {path!r} (train one with `sdu-ext lista train --out DIR`)")
-    return path
+        found = [os.path.join(path, n) for n in ("best.pt", "last.pt") if os.path.isfile(os.path.join(path, n))]
+        if not found:
+            raise CLIError(f"checkpoint: no best.pt or last.pt in the directory {path!r} {hint}")
+        path = found[0]
+    elif not os.path.isfile(path):
+        raise CLIError(f"checkpoint: no file at {path!r} {hint}")
+    try:
+        return path, load_checkpoint(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise CLIError(str(e)) from e
+
+
+def _load_weights(model, weights, path, preset, device):
+    """``model`` with the state dict ``weights`` of the checkpoint ``path``, on ``device`` in
+    eval mode; CLIError when they do not fit (another size than ``preset``'s)."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CLIError(f"checkpoint: the weights in {path!r} do not fit preset {preset.name!r}: {e}") from e
+    return model.to(device).eval()
 
 
 def _sizes_text(s):
@@ -229,11 +248,7 @@ def load_model(path, preset=None, device="cpu"):
     directory) as ``(model, preset, variant)``. ``preset`` (a :class:`Preset`) must
     match the problem size the checkpoint was trained for; without it the preset
     stored in the checkpoint is used."""
-    path = _resolve_checkpoint(path)
-    try:
-        state = load_checkpoint(path)
-    except (FileNotFoundError, ValueError) as e:
-        raise CLIError(str(e)) from e
+    path, state = _read_checkpoint(path, "lista")
     meta = state.get("metadata") or {}
     weights = state["model"]
     if "D" not in weights:
@@ -254,12 +269,7 @@ def load_model(path, preset=None, device="cpu"):
         raise CLIError(f"checkpoint: {path!r} was trained for another problem size ({_sizes_text(found)}); "
                        f"preset {preset.name!r} has {_sizes_text(preset.sizes())}")
     alpha = float(meta.get("alpha", preset.data.alpha))
-    model = build_model(preset, weights["D"].float(), alpha, 0)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise CLIError(f"checkpoint: the weights in {path!r} do not fit preset {preset.name!r}: {e}") from e
-    model.to(device).eval()
+    model = _load_weights(build_model(preset, weights["D"].float(), alpha, 0), weights, path, preset, device)
     return model, preset, meta.get("variant", "unknown")
 
 
@@ -438,22 +448,44 @@ def _machine():
             "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")}
 
 
+def _report_head(title, command, results):
+    """The lines of a report up to its setup: the title and how, where and how fast it was made."""
+    mach, timing = results["machine"], results["timing"]
+    return [f"# {title}", "",
+            f"Generated by `{command}` on {mach['date']} ({mach['platform']}, {mach['cpu_count']} CPUs, "
+            f"{mach['threads']} torch thread{'s' if mach['threads'] != 1 else ''}, torch {mach['torch']}); "
+            f"this invocation took {timing['total_seconds']:.0f} s wall-clock"
+            + (" (it resumed earlier work, so this is not the cost of a fresh run)" if timing.get("resumed") else "")
+            + ". Generated by the command; do not edit by hand.", "",
+            "## Setup", ""]
+
+
+def _report_claims(claims, reading):
+    """The lines of a report's claims table and its plain-language reading (paragraphs)."""
+    return ["## The paper's claims", "",
+            _table(["claim", "verdict", "evidence"], [[r["claim"], f"**{r['verdict']}**", r["evidence"]]
+                                                      for r in claims]), "",
+            "## Reading", ""] + [p + "\n" for p in reading]
+
+
+def _report_tail(timing, kept):
+    """The last lines of a report: the timing table and the files, ``kept`` saying which
+    files stay out of git."""
+    return ["## Timing", "",
+            _table(["phase", "seconds"], [[k.replace("_seconds", ""), f"{v:.1f}"]
+                                          for k, v in timing.items() if k.endswith("_seconds")]), "",
+            "## Files", "",
+            "`metrics.json` (every number above), `config.json` (the preset), `plots/`, "
+            "`runs/<network>/history.{csv,json}` (per-epoch logs). " + kept, ""]
+
+
 def write_report(out, preset, data, results, command):
     """``report.md`` of a reproduction from the ``metrics.json`` content ``results``."""
     models, base, timing = results["models"], results["baselines"], results["timing"]
     names = list(models)
     lab = {k: LABELS[k] for k in names}
     d, mc, me, tc, ev = preset.data, preset.model, preset.method, preset.train, preset.evaluation
-    mach = results["machine"]
-    lines = [f"# LISTA reproduction: preset `{preset.name}`", "",
-             f"Generated by `{command}` on {mach['date']} ({mach['platform']}, {mach['cpu_count']} CPUs, "
-             f"{mach['threads']} torch thread{'s' if mach['threads'] != 1 else ''}, torch {mach['torch']}); "
-             "this invocation took "
-             f"{timing['total_seconds']:.0f} s wall-clock"
-             + (" (it resumed earlier work, so this is not the cost of a fresh run)" if timing.get("resumed") else "")
-             + ". Generated by the command; do not edit by hand.", "",
-             "## Setup", "",
-             f"- Data: `{d.name}`, n = {d.n}, m = {d.m}, alpha = {d.alpha:g}"
+    setup = [f"- Data: `{d.name}`, n = {d.n}, m = {d.m}, alpha = {d.alpha:g}"
              + (f", code density {d.density:g}" + (f", SNR {d.snr_db:g} dB" if d.snr_db is not None else "")
                 if d.name == "synthetic" else f", dictionary `{d.dictionary}`")
              + f"; {data.train[0].shape[0]} training / {data.val[0].shape[0]} validation / "
@@ -482,11 +514,9 @@ def write_report(out, preset, data, results, command):
              "- OOD shift: x~ = x + p N(0, I)" + (f" clipped to [{ev.ood_clip[0]:g}, {ev.ood_clip[1]:g}]"
                                                   if ev.ood_clip else " (not clipped: these signals are not in "
                                                                        "[0, 1])")
-             + ", scored against the optimum y~* of the shifted signals.", "",
-             "## The paper's claims", "",
-             _table(["claim", "verdict", "evidence"],
-                    [[r["claim"], f"**{r['verdict']}**", r["evidence"]] for r in results["claims"]]), ""]
-    lines += ["## Reading", ""] + [p + "\n" for p in _reading(preset, results)]
+             + ", scored against the optimum y~* of the shifted signals.", ""]
+    lines = _report_head(f"LISTA reproduction: preset `{preset.name}`", command, results) + setup \
+        + _report_claims(results["claims"], _reading(preset, results))
     lines += ["## Per layer, clean test set", "",
               layers_table({lab[k]: models[k]["clean"] for k in names} | {k: v for k, v in base.items()}), "",
               "![per-layer distance and NMSE](plots/layers.png)", "",
@@ -565,13 +595,8 @@ def write_report(out, preset, data, results, command):
                   + ", ".join(_f(v, 3) for v in c["multipliers"]) + "; largest during training: "
                   + ", ".join(_f(v, 3) for v in c["max_multipliers"]) + ".", "",
                   "![validation loss](plots/val_loss.png)", ""]
-    lines += ["## Timing", "",
-              _table(["phase", "seconds"], [[k.replace("_seconds", ""), f"{v:.1f}"]
-                                            for k, v in timing.items() if k.endswith("_seconds")]), "",
-              "## Files", "",
-              "`metrics.json` (every number above), `config.json` (the preset), `plots/`, "
-              "`runs/<network>/history.{csv,json}` (per-epoch logs). Checkpoints and the cached OOD optima stay "
-              "in `checkpoints/` and `cache/` (ignored by git); `--resume` reuses them.", ""]
+    lines += _report_tail(timing, "Checkpoints and the cached OOD optima stay in `checkpoints/` and `cache/` "
+                                  "(ignored by git); `--resume` reuses them.")
     atomic_write_text("\n".join(lines), os.path.join(out, "report.md"))
 
 
@@ -632,15 +657,23 @@ def _json_safe(obj):
 
 # ---------------------------------------------------------------- commands
 
-def _preset_arg(name):
-    try:
-        return P.get_preset(name)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def _preset_type(get_preset):
+    """The argparse ``type`` of ``--preset``: a name through ``get_preset`` (ValueError: usage error)."""
+    def preset(name):
+        try:
+            return get_preset(name)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return preset
+
+
+_preset_arg = _preset_type(P.get_preset)
 
 
 def _apply_overrides(preset, args):
     if getattr(args, "epochs", None) is not None:
+        if args.epochs < 0:
+            raise CLIError(f"--epochs: expected an integer >= 0, got {args.epochs}")
         preset.train = dataclasses.replace(preset.train, epochs=args.epochs)
     return preset
 
@@ -732,19 +765,49 @@ def cmd_robustness(args):
 GITIGNORE = "# written by `sdu-ext reproduce`: large and machine-specific\ncheckpoints/\ncache/\n"
 
 
+def _start_report(kind, args):
+    """``(preset, device, out)`` of ``sdu-ext reproduce <kind>``; the report folder ``out``
+    is made with its ``.gitignore`` and ``config.json``."""
+    preset = _apply_overrides(args.preset, args)
+    device = _device(args.device)
+    out = args.out or os.path.join("results", f"{kind}_{preset.name}")
+    os.makedirs(out, exist_ok=True)
+    atomic_write_text(GITIGNORE, os.path.join(out, ".gitignore"))
+    atomic_write_json(preset.to_dict(), os.path.join(out, "config.json"))
+    return preset, device, out
+
+
+def _copy_logs(run_dir, log_dir):
+    """Copy a training run's ``history.{csv,json}`` from ``run_dir`` into the report's ``log_dir``."""
+    for name in ("history.csv", "history.json"):
+        with open(os.path.join(run_dir, name), "rb") as f:
+            atomic_write_text(f.read().decode("utf-8"), os.path.join(log_dir, name))
+
+
+def _report_command(kind, preset, args, out):
+    """The command line a report states: ``sdu-ext reproduce <kind>`` with the options that change it."""
+    return f"sdu-ext reproduce {kind} --preset {preset.name}" + (f" --seed {args.seed}" if args.seed else "") \
+        + (f" --epochs {args.epochs}" if args.epochs is not None else "") \
+        + (f" --threads {args.threads}" if args.threads is not None else "") + f" --out {out}"
+
+
+def _finish_report(out, results):
+    """Write ``metrics.json`` (after ``report.md``) and print where the report is and its verdicts."""
+    atomic_write_json(_json_safe(results), os.path.join(out, "metrics.json"))
+    print(f"report: {os.path.join(out, 'report.md')} ({results['timing']['total_seconds']:.0f} s)")
+    for r in results["claims"]:
+        print(f"  [{r['verdict']}] {r['claim']}: {r['evidence']}")
+    return 0
+
+
 def cmd_reproduce(args):
     from .evaluate import plots
     from .models import FISTA, ISTA
     from .problems import Lasso
 
     t_start = time.perf_counter()
-    preset = _apply_overrides(args.preset, args)
-    device = _device(args.device)
-    out = args.out or os.path.join("results", f"lista_{preset.name}")
+    preset, device, out = _start_report("lista", args)
     progress = not args.quiet
-    os.makedirs(out, exist_ok=True)
-    atomic_write_text(GITIGNORE, os.path.join(out, ".gitignore"))
-    atomic_write_json(preset.to_dict(), os.path.join(out, "config.json"))
     timing = {}
 
     t0 = time.perf_counter()
@@ -763,10 +826,7 @@ def cmd_reproduce(args):
         timing[f"train_{variant}_seconds"] = time.perf_counter() - t0
         trained[variant] = (model, summary)
         histories[LABELS[variant]] = history
-        log_dir = os.path.join(out, "runs", variant)
-        for name in ("history.csv", "history.json"):
-            with open(os.path.join(run_dir, name), "rb") as f:
-                atomic_write_text(f.read().decode("utf-8"), os.path.join(log_dir, name))
+        _copy_logs(run_dir, os.path.join(out, "runs", variant))
 
     t0 = time.perf_counter()
     ev = preset.evaluation
@@ -775,16 +835,11 @@ def cmd_reproduce(args):
 
     t0 = time.perf_counter()
     models = {}
-    bar = tqdm(total=len(trained), desc="evaluate", disable=not progress, leave=False) if tqdm else None
-    for variant, (model, summary) in trained.items():
+    for variant, (model, summary) in tqdm(trained.items(), desc="evaluate", disable=not progress, leave=False):
         models[variant] = {"train": summary,
                            "clean": evaluate_clean(model, data_dev.test, ev, args.seed),
                            "robustness": evaluate_robustness(model, data_dev.test, sets, ev,
                                                              preset.method.noise_negative, args.seed)}
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
     L = preset.model.num_layers
     D = data_dev.D
     baselines = {"ISTA": M.evaluate_model(ISTA(D, data.alpha, L), *data_dev.test, batch_size=ev.batch_size),
@@ -826,33 +881,29 @@ def cmd_reproduce(args):
                         "test": int(data.test[0].shape[0]), "info": info},
                "timing": timing, "claims": claims, "models": models, "baselines": baselines,
                "iterations_to_match": matching}
-    command = "sdu-ext reproduce lista --preset " + preset.name + (f" --seed {args.seed}" if args.seed else "") \
-        + (f" --epochs {args.epochs}" if args.epochs is not None else "") \
-        + (f" --threads {args.threads}" if args.threads is not None else "")
-    write_report(out, preset, data, results, command + f" --out {out}")
-    atomic_write_json(_json_safe(results), os.path.join(out, "metrics.json"))
-    print(f"report: {os.path.join(out, 'report.md')} ({timing['total_seconds']:.0f} s)")
-    for r in claims:
-        print(f"  [{r['verdict']}] {r['claim']}: {r['evidence']}")
-    return 0
+    write_report(out, preset, data, results, _report_command("lista", preset, args, out))
+    return _finish_report(out, results)
 
 
 # ---------------------------------------------------------------- parser
 
-def _common(p, checkpoint=False):
+def _common(p, seeds, checkpoint=None):
+    """The options of every command; ``seeds`` says what ``--seed`` seeds. An evaluation command
+    passes ``checkpoint=(kind, preset_type, out_help)``: its ``--checkpoint`` (written by
+    ``sdu-ext <kind> train``), ``--preset`` and ``--out``."""
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--seed", type=int, default=0,
-                   help="seeds the initial weights, training and evaluation draws (default: 0); the data set "
-                        "is fixed by the preset")
+                   help=f"seeds {seeds} (default: 0); the data set is fixed by the preset")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 avoids slowdowns on a busy machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    if checkpoint:
+    if checkpoint is not None:
+        kind, preset_type, out_help = checkpoint
         p.add_argument("--checkpoint", required=True,
-                       help="a best.pt/last.pt written by `sdu-ext lista train`, or its directory")
-        p.add_argument("--preset", type=_preset_arg, default=None,
+                       help=f"a best.pt/last.pt written by `sdu-ext {kind} train`, or its directory")
+        p.add_argument("--preset", type=preset_type, default=None,
                        help="preset the checkpoint was trained with (default: the one stored in it)")
-        p.add_argument("--out", default=None, help="write JSON and plots to this directory")
+        p.add_argument("--out", default=None, help=out_help)
     p.add_argument("--data-cache", default=None, metavar="DIR",
                    help="data set cache directory (default: $SDU_EXT_CACHE or ~/.cache/sdu_ext)")
 
@@ -870,10 +921,13 @@ def build_parser():
     """The argparse parser of ``sdu-ext``."""
     parser = argparse.ArgumentParser(
         prog="sdu-ext", description="Robust stochastically-descending unrolled networks: train, evaluate and "
-                                    "reproduce constrained LISTA.")
+                                    "reproduce constrained LISTA (sparse coding) and GLOW-Prox (image "
+                                    "inpainting).")
     parser.set_defaults(run=_usage(parser))
     sub = parser.add_subparsers(dest="command", metavar="{lista,reproduce}")
     presets = ", ".join(P.PRESETS)
+    seeds = "the initial weights, training and evaluation draws"
+    evaluates = ("lista", _preset_arg, "write JSON and plots to this directory")
 
     lista = sub.add_parser("lista", help="train or evaluate one LISTA network")
     lista.set_defaults(run=_usage(lista))
@@ -886,13 +940,13 @@ def build_parser():
     p.add_argument("--out", required=True, help="run directory: checkpoints and logs")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's number of epochs")
     p.add_argument("--resume", action="store_true", help="continue from --out's last.pt")
-    _common(p)
+    _common(p, seeds)
     p.set_defaults(run=cmd_train)
     p = lsub.add_parser("eval", help="per-layer metrics of a checkpoint on the clean test set")
-    _common(p, checkpoint=True)
+    _common(p, seeds, evaluates)
     p.set_defaults(run=cmd_eval)
     p = lsub.add_parser("robustness", help="perturbation sweep and OOD shift of a checkpoint")
-    _common(p, checkpoint=True)
+    _common(p, seeds, evaluates)
     p.set_defaults(run=cmd_robustness)
 
     rep = sub.add_parser("reproduce", help="train, evaluate and report the paper's comparison")
@@ -904,7 +958,7 @@ def build_parser():
     p.add_argument("--epochs", type=int, default=None, help="override the preset's number of epochs")
     p.add_argument("--resume", action="store_true",
                    help="continue killed training runs in --out and reuse finished ones")
-    _common(p)
+    _common(p, seeds)
     p.set_defaults(run=cmd_reproduce)
     from .cli_inpaint import add_parsers
     add_parsers(sub, rsub)

@@ -16,7 +16,6 @@ descending frequencies of both residuals and of the error to the clean image. Ro
 (clamped to [0, 1]) is masked and reconstructed; scored against the clean image.
 """
 import dataclasses
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -25,6 +24,9 @@ from typing import Optional
 import torch
 from torch.nn import functional as F
 
+from . import presets
+from .checks import check_choice, check_int, check_real
+from .presets import VARIANTS, PresetBase
 from .problems.inpainting import InpaintingConfig
 from .reference import FORMS
 from .train import DescentConstraints, PrimalDualTrainer, TrainConfig, load_checkpoint
@@ -33,26 +35,8 @@ from .train.config import check_eps
 
 INPAINT_FORMAT = "sdu_ext.inpaint/1"
 GLOW_FORMAT = "sdu_ext.inpaint.glow/1"
-VARIANTS = {  # report name -> (trainer mode, trains with noise)
-    "constrained": ("constrained", True),
-    "standard": ("unconstrained", False),
-    "noisy": ("noisy", True),
-}
-LABELS = {"constrained": "constrained", "standard": "standard", "noisy": "standard + noise",
-          "untrained": "untrained (pretrained Glow)"}
+LABELS = {**presets.LABELS, "untrained": "untrained (pretrained Glow)"}
 PS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
-
-
-def _check_int(value, name, low=1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
-
-
-def _check_real(value, name, low=0.0, strict=False):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-        and (value > low if strict else value >= low)
-    if not ok:
-        raise ValueError(f"{name}: expected a finite number {'>' if strict else '>='} {low:g}, got {value!r}")
 
 
 # ---------------------------------------------------------------- presets
@@ -71,9 +55,9 @@ class ProxModelConfig:
 
     def __post_init__(self):
         for k in ("num_layers", "levels", "steps", "hidden"):
-            _check_int(getattr(self, k), k)
-        _check_real(self.mu, "mu")
-        _check_real(self.lam, "lam")
+            check_int(getattr(self, k), k)
+        check_real(self.mu, "mu")
+        check_real(self.lam, "lam")
 
 
 @dataclass
@@ -86,9 +70,9 @@ class PretrainConfig:
     lr: float = 1e-3
 
     def __post_init__(self):
-        _check_int(self.epochs, "epochs", 0)
-        _check_int(self.batch_size, "batch_size")
-        _check_real(self.lr, "lr", strict=True)
+        check_int(self.epochs, "epochs", 0)
+        check_int(self.batch_size, "batch_size")
+        check_real(self.lr, "lr", strict=True)
 
 
 @dataclass
@@ -112,13 +96,12 @@ class ProxMethodConfig:
     step_lr: Optional[float] = None
 
     def __post_init__(self):
-        if self.form not in FORMS:
-            raise ValueError(f"form: expected one of {', '.join(map(repr, FORMS))}, got {self.form!r}")
+        check_choice(self.form, "form", FORMS)
         self.eps = check_eps(self.eps)
-        _check_int(self.first_layer, "first_layer")
-        _check_real(self.noise_sigma, "noise_sigma")
+        check_int(self.first_layer, "first_layer")
+        check_real(self.noise_sigma, "noise_sigma")
         if self.step_lr is not None:
-            _check_real(self.step_lr, "step_lr", strict=True)
+            check_real(self.step_lr, "step_lr", strict=True)
 
 
 @dataclass
@@ -135,16 +118,16 @@ class ProxEvalConfig:
     def __post_init__(self):
         self.ps = tuple(float(p) for p in self.ps)
         for p in self.ps:
-            _check_real(p, "ps")
+            check_real(p, "ps")
         if not self.ps:
             raise ValueError("ps: expected at least one perturbation level, got none")
-        _check_real(self.noise_sigma, "noise_sigma")
-        _check_int(self.batch_size, "batch_size")
-        _check_int(self.grid_images, "grid_images", 0)
+        check_real(self.noise_sigma, "noise_sigma")
+        check_int(self.batch_size, "batch_size")
+        check_int(self.grid_images, "grid_images", 0)
 
 
 @dataclass
-class InpaintPreset:
+class InpaintPreset(PresetBase):
     """A named, complete configuration of the inpainting reproduction."""
 
     name: str
@@ -169,25 +152,6 @@ class InpaintPreset:
         m, d = self.model, self.data
         return GlowConfig(in_channels=d.channels, image_size=d.image_size, levels=m.levels, steps=m.steps,
                           hidden=m.hidden)
-
-    def to_dict(self):
-        """JSON-friendly nested dict (tuples become lists)."""
-        d = dataclasses.asdict(self)
-        d["train"] = self.train.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d):
-        """Inverse of :meth:`to_dict`."""
-        data = dict(d["data"])
-        data["images"] = tuple(data["images"])
-        ev = dict(d.get("evaluation", {}))
-        if "ps" in ev:
-            ev["ps"] = tuple(ev["ps"])
-        return cls(name=d["name"], description=d.get("description", ""), data=InpaintingConfig(**data),
-                   model=ProxModelConfig(**d["model"]), pretrain=PretrainConfig(**d["pretrain"]),
-                   method=ProxMethodConfig(**d["method"]), train=TrainConfig.from_dict(d["train"]),
-                   evaluation=ProxEvalConfig(**ev))
 
     def sizes(self):
         """What a checkpoint must match: image shape, hole and network sizes."""
@@ -236,8 +200,7 @@ PRESETS = {"quick": _quick, "paper": _paper, "tiny": _tiny}
 
 def get_preset(name):
     """A fresh :class:`InpaintPreset` by name; ValueError naming the choices for an unknown one."""
-    if name not in PRESETS:
-        raise ValueError(f"preset: expected one of {', '.join(map(repr, PRESETS))}, got {name!r}")
+    check_choice(name, "preset", PRESETS)
     return PRESETS[name]()
 
 
@@ -325,14 +288,17 @@ def constraint_groups(model, method):
 
 
 def _glow_key(preset, data, seed):
-    return {"data": data.config.key(), "glow": dataclasses.asdict(preset.glow_config()),
+    from .flows import Glow
+
+    return {"data": data.config.key(), "glow": dataclasses.asdict(preset.glow_config()), "version": Glow.VERSION,
             "pretrain": dataclasses.asdict(preset.pretrain), "seed": seed}
 
 
 def load_glow(path, preset, data, seed=0, device="cpu"):
     """The Glow pretrained into ``path`` by :func:`pretrain_glow` as ``(glow, info)``; ValueError
     naming ``path`` when the file is missing, unreadable, or was pretrained with another data
-    set, Glow size, pretraining configuration or seed."""
+    set, Glow size or version (:attr:`~sdu_ext.flows.Glow.VERSION`), pretraining configuration
+    or seed."""
     from .flows import Glow
 
     if not os.path.isfile(path):
@@ -344,7 +310,7 @@ def load_glow(path, preset, data, seed=0, device="cpu"):
     if not isinstance(state, dict) or state.get("format") != GLOW_FORMAT:
         raise ValueError(f"glow: {path!r} is not a pretrained Glow written by sdu_ext.inpaint")
     if state.get("key") != _glow_key(preset, data, seed):
-        raise ValueError(f"glow: {path!r} was pretrained with another data set, Glow size, pretraining "
+        raise ValueError(f"glow: {path!r} was pretrained with another data set, Glow size or version, pretraining "
                          f"configuration or seed than preset {preset.name!r} with seed {seed}")
     glow = Glow(preset.glow_config())
     glow.load_state_dict(state["model"])
@@ -420,8 +386,7 @@ def train_variant(preset, variant, data, run_dir, glow=None, *, seed=0, device="
     history)`` with the best weights loaded. ``resume`` continues ``run_dir/last.pt``; a
     checkpoint of another configuration raises ValueError starting with ``"resume:"``.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"variant: expected one of {', '.join(map(repr, VARIANTS))}, got {variant!r}")
+    check_choice(variant, "variant", VARIANTS)
     mode, noisy = VARIANTS[variant]
     last = os.path.join(run_dir, "last.pt")
     if resume and os.path.isfile(last):

@@ -14,20 +14,53 @@ Presets:
   ``paper`` initialisation, Adam 1e-5, batch 512, dual step once per epoch (a GPU job).
 """
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .checks import check_choice, check_int
 from .evaluate.robustness import SHIFTS, SIGMAS
 from .problems.datasets import DatasetConfig
 from .train import TrainConfig
 from .train.constraints import RESIDUALS
 
 NOISE_RULES = ("log_gradient", "fixed")
+# The three networks of a reproduction, LISTA and GLOW-Prox alike.
+VARIANTS = {  # report name -> (trainer mode, trains with noise)
+    "constrained": ("constrained", True),
+    "standard": ("unconstrained", False),
+    "noisy": ("noisy", True),
+}
+LABELS = {"constrained": "constrained", "standard": "standard", "noisy": "standard + noise"}
 
 
-def _check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+class PresetBase:
+    """JSON round trip of a preset dataclass (:class:`Preset`,
+    :class:`sdu_ext.inpaint.InpaintPreset`): fields that are dataclasses nest, the
+    ``train`` field is a :class:`~sdu_ext.train.TrainConfig`."""
+
+    def to_dict(self):
+        """JSON-friendly nested dict (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        d["train"] = self.train.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        """Inverse of :meth:`to_dict` (lists inside the nested configurations become tuples);
+        a missing ``description`` is empty, a missing configuration takes its default."""
+        types = typing.get_type_hints(cls)
+        kwargs = {"description": ""}
+        for f in dataclasses.fields(cls):
+            if f.name not in d:
+                continue
+            value, kind = d[f.name], types[f.name]
+            if hasattr(kind, "from_dict"):
+                value = kind.from_dict(value)
+            elif dataclasses.is_dataclass(kind):
+                value = kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+            kwargs[f.name] = value
+        return cls(**kwargs)
 
 
 @dataclass
@@ -39,7 +72,7 @@ class ModelConfig:
     tied: bool = False
 
     def __post_init__(self):
-        _check_positive_int(self.num_layers, "num_layers")
+        check_int(self.num_layers, "num_layers")
         if self.init not in ("ista", "paper"):
             raise ValueError(f"init: expected 'ista' or 'paper', got {self.init!r}")
 
@@ -63,10 +96,8 @@ class MethodConfig:
     noise_negative: str = "clamp"
 
     def __post_init__(self):
-        if self.residual not in RESIDUALS:
-            raise ValueError(f"residual: expected one of {', '.join(map(repr, RESIDUALS))}, got {self.residual!r}")
-        if self.noise not in NOISE_RULES:
-            raise ValueError(f"noise: expected one of {', '.join(map(repr, NOISE_RULES))}, got {self.noise!r}")
+        check_choice(self.residual, "residual", RESIDUALS)
+        check_choice(self.noise, "noise", NOISE_RULES)
 
 
 @dataclass
@@ -95,7 +126,7 @@ class EvalConfig:
 
 
 @dataclass
-class Preset:
+class Preset(PresetBase):
     """A named, complete configuration of the reproduction."""
 
     name: str
@@ -105,23 +136,6 @@ class Preset:
     method: MethodConfig
     train: TrainConfig
     evaluation: EvalConfig = field(default_factory=EvalConfig)
-
-    def to_dict(self):
-        """JSON-friendly nested dict (tuples become lists)."""
-        d = dataclasses.asdict(self)
-        d["train"] = self.train.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d):
-        """Inverse of :meth:`to_dict`."""
-        ev = dict(d.get("evaluation", {}))
-        for k in ("sigmas", "shifts", "ood_clip"):
-            if ev.get(k) is not None:
-                ev[k] = tuple(ev[k])
-        return cls(name=d["name"], description=d.get("description", ""), data=DatasetConfig(**d["data"]),
-                   model=ModelConfig(**d["model"]), method=MethodConfig(**d["method"]),
-                   train=TrainConfig.from_dict(d["train"]), evaluation=EvalConfig(**ev))
 
     def sizes(self):
         """``{"n", "m", "num_layers"}``: what a checkpoint must match."""
@@ -174,6 +188,5 @@ PRESETS = {"quick": _quick, "synthetic": _synthetic, "paper": _paper, "tiny": _t
 
 def get_preset(name):
     """A fresh :class:`Preset` by name; ValueError naming the choices for an unknown one."""
-    if name not in PRESETS:
-        raise ValueError(f"preset: expected one of {', '.join(map(repr, PRESETS))}, got {name!r}")
+    check_choice(name, "preset", PRESETS)
     return PRESETS[name]()

@@ -1,10 +1,7 @@
 """Glow configuration: one validated dataclass."""
-import numbers
 from dataclasses import dataclass
 
-
-def _is_int(v):
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+from ..checks import check_int
 
 
 @dataclass
@@ -31,9 +28,7 @@ class GlowConfig:
 
     def __post_init__(self):
         for name in ("in_channels", "image_size", "levels", "steps", "hidden"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+            check_int(getattr(self, name), name)
         if self.image_size % (2 ** self.levels):
             raise ValueError(
                 f"image_size: expected a multiple of 2**levels = {2 ** self.levels} "

@@ -65,6 +65,8 @@ class Glow(nn.Module):
     :meth:`mark_initialized` skips that, a loaded state_dict keeps its initialisation.
     """
 
+    VERSION = 2  # of the parameterisation: bump when a change alters what saved weights mean
+
     def __init__(self, config=None, **kwargs):
         super().__init__()
         if config is None:

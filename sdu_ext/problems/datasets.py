@@ -45,7 +45,8 @@ Cache: ``$SDU_EXT_CACHE`` or ``~/.cache/sdu_ext``; one file per configuration,
 ``os.replace`` (a crash never leaves a partial file under the final name). The
 file holds a header with the SHA-256 of its payload; a truncated or corrupted
 file fails the check (or ``torch.load``), is reported with a warning, and is
-regenerated — never used.
+regenerated — never used (:func:`write_blob` and :func:`read_blob`, which the
+inpainting set shares).
 """
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write_bytes
+from ..checks import check_choice, check_int
 from .lasso import Lasso
 
 __all__ = [
@@ -143,46 +145,41 @@ class DatasetConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
-        if self.name not in DATASETS:
-            raise ValueError(f"name: expected one of {', '.join(map(repr, DATASETS))}, got {self.name!r}")
+        check_choice(self.name, "name", DATASETS)
         defaults = dict(_DEFAULTS[self.name])
         if self.name == "patches":
-            _check_int("patch_size", self.patch_size, 1)
+            check_int(self.patch_size, "patch_size", 1)
             defaults["n"] = self.patch_size ** 2
         n = self.n if self.n is not None else defaults["n"]
-        _check_int("n", n, 1)
+        check_int(n, "n", 1)
         defaults["m"] = defaults["m"] if self.name == "synthetic" else int(1.2 * n)
         for key, value in defaults.items():
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
-        _check_int("m", self.m, 1)
+        check_int(self.m, "m", 1)
         if self.name == "patches" and self.n != self.patch_size ** 2:
             raise ValueError(f"n: expected patch_size**2 = {self.patch_size ** 2} for patches of "
                              f"{self.patch_size} x {self.patch_size} pixels, got {self.n}")
         if not _is_real(self.alpha) or not (math.isfinite(self.alpha) and self.alpha >= 0):
             raise ValueError(f"alpha: expected a finite value >= 0, got {self.alpha!r}")
         for key in ("n_train", "n_val", "n_test"):
-            _check_int(key, getattr(self, key), 0)
-        _check_int("seed", self.seed, 0)
+            check_int(getattr(self, key), key, 0)
+        check_int(self.seed, "seed", 0)
         if not _is_real(self.density) or not 0 < self.density <= 1:
             raise ValueError(f"density: expected a probability in (0, 1], got {self.density!r}")
         if self.snr_db is not None and (not _is_real(self.snr_db) or not math.isfinite(self.snr_db)):
             raise ValueError(f"snr_db: expected a finite number of dB or None, got {self.snr_db!r}")
-        if self.dictionary not in _DICTIONARIES:
-            raise ValueError(f"dictionary: expected one of {', '.join(map(repr, _DICTIONARIES))}, "
-                             f"got {self.dictionary!r}")
-        _check_int("stride", self.stride, 1)
+        check_choice(self.dictionary, "dictionary", _DICTIONARIES)
+        check_int(self.stride, "stride", 1)
         object.__setattr__(self, "images", tuple(self.images))
         unknown = [i for i in self.images if i not in PATCH_IMAGES]
         if unknown or not self.images:
             raise ValueError(f"images: expected a non-empty tuple of names from PATCH_IMAGES "
                              f"({', '.join(PATCH_IMAGES)}), got {self.images!r}")
-        if self.reference not in _REFERENCES:
-            raise ValueError(f"reference: expected one of {', '.join(map(repr, _REFERENCES))}, "
-                             f"got {self.reference!r}")
+        check_choice(self.reference, "reference", _REFERENCES)
         if not _is_real(self.tol) or not (math.isfinite(self.tol) and self.tol > 0):
             raise ValueError(f"tol: expected a finite value > 0, got {self.tol!r}")
-        _check_int("ista_steps", self.ista_steps, 0)
+        check_int(self.ista_steps, "ista_steps", 0)
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype: expected 'float32' or 'float64', got {self.dtype!r}")
 
@@ -198,11 +195,6 @@ class DatasetConfig:
 
 def _is_real(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _check_int(name, value, low):
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
 
 
 @dataclass
@@ -238,8 +230,7 @@ class SparseCodingData:
         return Lasso(self.D, self.config.alpha)
 
     def split(self, name):
-        if name not in _SPLITS:
-            raise ValueError(f"name: expected one of {', '.join(map(repr, _SPLITS))}, got {name!r}")
+        check_choice(name, "name", _SPLITS)
         return getattr(self, name)
 
 
@@ -279,12 +270,12 @@ def load(config=None, *, cache_dir=None, cache=True, progress=None, **overrides)
         raise ValueError(f"config: expected a DatasetConfig, got {type(config).__name__}")
     path = cache_path(config, cache_dir)
     if cache:
-        data = _read_cache(path, config)
+        data = read_blob(path, config.key(), lambda p: _from_payload(config, p))
         if data is not None:
             return data
     data = _generate(config, progress)
     if cache:
-        _write_cache(path, data)
+        write_blob(path, config.key(), _payload(data))
     return data
 
 
@@ -433,25 +424,23 @@ def _reference(problem, x, config, progress, split):
 
 
 # ---------------------------------------------------------------------------- cache
+# One file layout for every cached data set: _MAGIC, the hex SHA-256 of the body, "\n", then
+# the body, a torch.save'd dict holding the configuration key and the payload.
 
-def _payload(data):
-    splits = {name: {k: getattr(data.split(name), k) for k in ("x", "y", "gap", "y_true")}
-              for name in _SPLITS}
-    return {"config": json.dumps(asdict(data.config), sort_keys=True, default=list),
-            "key": data.config.key(), "D": data.D, "splits": splits,
-            "info": json.dumps(data.info, sort_keys=True)}
-
-
-def _write_cache(path, data):
+def write_blob(path, key, payload):
+    """Write ``payload`` (a dict of tensors, strings and numbers) under the configuration
+    ``key`` (a string) to ``path``: atomically, behind a header with the SHA-256 of the body."""
     buf = io.BytesIO()
-    torch.save(_payload(data), buf)
+    torch.save({"key": key, **payload}, buf)
     body = buf.getvalue()
-    header = _MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n"
-    atomic_write_bytes(header + body, path)
+    atomic_write_bytes(_MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body, path)
 
 
-def _read_cache(path, config):
-    """The cached data set, or None when absent; a damaged file is reported and ignored."""
+def read_blob(path, key, decode):
+    """``decode(payload)`` of the file :func:`write_blob` wrote to ``path`` under ``key``, or
+    None when there is no file. A file that is unreadable, damaged (header, checksum), of
+    another key or that ``decode`` rejects (raises) is reported with a RuntimeWarning and
+    None is returned: the caller regenerates it, never uses it."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -468,10 +457,21 @@ def _read_cache(path, config):
         if hashlib.sha256(body).hexdigest() != digest:
             raise ValueError("checksum mismatch (truncated or corrupted)")
         p = torch.load(io.BytesIO(body), weights_only=True)
-        if p["key"] != config.key():
+        if p["key"] != key:
             raise ValueError("configuration mismatch")
-        splits = {name: Split(**p["splits"][name]) for name in _SPLITS}
-        return SparseCodingData(config=config, D=p["D"], info=json.loads(p["info"]), **splits)
+        return decode(p)
     except Exception as e:  # noqa: BLE001 - any damage means: regenerate
         warnings.warn(f"dataset cache {path} is invalid ({e}); regenerating", RuntimeWarning, stacklevel=3)
         return None
+
+
+def _payload(data):
+    splits = {name: {k: getattr(data.split(name), k) for k in ("x", "y", "gap", "y_true")}
+              for name in _SPLITS}
+    return {"config": json.dumps(asdict(data.config), sort_keys=True, default=list), "D": data.D,
+            "splits": splits, "info": json.dumps(data.info, sort_keys=True)}
+
+
+def _from_payload(config, p):
+    splits = {name: Split(**p["splits"][name]) for name in _SPLITS}
+    return SparseCodingData(config=config, D=p["D"], info=json.loads(p["info"]), **splits)

@@ -45,13 +45,13 @@ shared by the channels. The measurement operator A keeps the observed pixels:
 
 Cache: the same directory (``$SDU_EXT_CACHE`` or ``~/.cache/sdu_ext``), file layout
 (header with the SHA-256 of the payload), atomic writes and regeneration of damaged
-files as the sparse-coding sets (:mod:`sdu_ext.problems.datasets`); one file
-``inpainting-<hash>.pt`` per configuration.
+files as the sparse-coding sets (:func:`sdu_ext.problems.datasets.write_blob` and
+:func:`~sdu_ext.problems.datasets.read_blob`); one file ``inpainting-<hash>.pt`` per
+configuration.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import warnings
@@ -60,8 +60,8 @@ from typing import Optional
 
 import torch
 
-from ..atomic import atomic_write_bytes
-from .datasets import _MAGIC, PATCH_IMAGES, default_cache_dir
+from ..checks import check_choice, check_int
+from .datasets import PATCH_IMAGES, default_cache_dir, read_blob, write_blob
 
 __all__ = ["RGB_IMAGES", "HOLE_FRACTION", "InpaintingConfig", "InpaintingData", "load", "central_mask",
            "cache_path"]
@@ -80,11 +80,6 @@ _SPLITS = ("train", "val", "test")
 _LUMA = (0.2125, 0.7154, 0.0721)
 # Bumped whenever generation changes, so stale cache files are never reused.
 FORMAT_VERSION = 1
-
-
-def _check_int(name, value, low):
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -116,24 +111,24 @@ class InpaintingConfig:
     images: tuple = tuple(RGB_IMAGES)
 
     def __post_init__(self):
-        _check_int("image_size", self.image_size, 4)
+        check_int(self.image_size, "image_size", 4)
         if self.channels not in (1, 3) or isinstance(self.channels, bool):
             raise ValueError(f"channels: expected 1 (grayscale) or 3 (RGB), got {self.channels!r}")
         if self.bits is not None and (not isinstance(self.bits, int) or isinstance(self.bits, bool)
                                       or not 1 <= self.bits <= 8):
             raise ValueError(f"bits: expected None or an integer in 1..8, got {self.bits!r}")
         for key in ("n_train", "n_val", "n_test", "seed"):
-            _check_int(key, getattr(self, key), 0)
+            check_int(getattr(self, key), key, 0)
         s = self.image_size
         defaults = {"hole": round(s * HOLE_FRACTION), "block": 2 * s, "stride": max(1, s // 4)}
         for key, value in defaults.items():
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
-        _check_int("hole", self.hole, 1)
+        check_int(self.hole, "hole", 1)
         if self.hole >= s:
             raise ValueError(f"hole: expected a side smaller than image_size = {s}, got {self.hole}")
-        _check_int("block", self.block, s)
-        _check_int("stride", self.stride, 1)
+        check_int(self.block, "block", s)
+        check_int(self.stride, "stride", 1)
         object.__setattr__(self, "images", tuple(self.images))
         unknown = [i for i in self.images if i not in RGB_IMAGES]
         if unknown or not self.images or len(set(self.images)) != len(self.images):
@@ -159,8 +154,8 @@ class InpaintingConfig:
 def central_mask(image_size, hole, dtype=torch.float32, device=None):
     """Mask (1, image_size, image_size): 1 on observed pixels, 0 on the central
     ``hole`` x ``hole`` square starting at ``(image_size - hole) // 2`` in both axes."""
-    _check_int("image_size", image_size, 1)
-    _check_int("hole", hole, 0)
+    check_int(image_size, "image_size", 1)
+    check_int(hole, "hole", 0)
     if hole > image_size:
         raise ValueError(f"hole: expected at most image_size = {image_size}, got {hole}")
     m = torch.ones(1, image_size, image_size, dtype=dtype, device=device)
@@ -185,8 +180,7 @@ class InpaintingData:
     info: dict = field(default_factory=dict)
 
     def split(self, name):
-        if name not in _SPLITS:
-            raise ValueError(f"name: expected one of {', '.join(map(repr, _SPLITS))}, got {name!r}")
+        check_choice(name, "name", _SPLITS)
         return getattr(self, name)
 
     def measure(self, x):
@@ -227,12 +221,12 @@ def load(config=None, *, cache_dir=None, cache=True, **overrides):
         config = InpaintingConfig(**{**asdict(config), **overrides})
     path = cache_path(config, cache_dir)
     if cache:
-        data = _read_cache(path, config)
+        data = read_blob(path, config.key(), lambda p: _from_payload(config, p))
         if data is not None:
             return data
     data = _generate(config)
     if cache:
-        _write_cache(path, data)
+        write_blob(path, config.key(), _payload(data))
     return data
 
 
@@ -313,39 +307,13 @@ def _generate(config):
 
 
 # ---------------------------------------------------------------------------- cache
-# The file layout of sdu_ext.problems.datasets: _MAGIC, the hex SHA-256 of the body, "\n", body.
 
-def _write_cache(path, data):
-    buf = io.BytesIO()
-    torch.save({"key": data.config.key(), "config": json.dumps(asdict(data.config), sort_keys=True, default=list),
-                **{name: data.split(name) for name in _SPLITS}, "mask": data.mask,
-                "info": json.dumps(data.info, sort_keys=True)}, buf)
-    body = buf.getvalue()
-    atomic_write_bytes(_MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body, path)
+def _payload(data):
+    return {"config": json.dumps(asdict(data.config), sort_keys=True, default=list),
+            **{name: data.split(name) for name in _SPLITS}, "mask": data.mask,
+            "info": json.dumps(data.info, sort_keys=True)}
 
 
-def _read_cache(path, config):
-    """The cached data set, or None when absent; a damaged file is reported and ignored."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        warnings.warn(f"dataset cache {path} unreadable ({e}); regenerating", RuntimeWarning, stacklevel=3)
-        return None
-    try:
-        if not raw.startswith(_MAGIC):
-            raise ValueError("missing header")
-        nl = raw.index(b"\n", len(_MAGIC))
-        digest, body = raw[len(_MAGIC):nl].decode(), raw[nl + 1:]
-        if hashlib.sha256(body).hexdigest() != digest:
-            raise ValueError("checksum mismatch (truncated or corrupted)")
-        p = torch.load(io.BytesIO(body), weights_only=True)
-        if p["key"] != config.key():
-            raise ValueError("configuration mismatch")
-        return InpaintingData(config=config, mask=p["mask"], info=json.loads(p["info"]),
-                              **{name: p[name] for name in _SPLITS})
-    except Exception as e:  # noqa: BLE001 - any damage means: regenerate
-        warnings.warn(f"dataset cache {path} is invalid ({e}); regenerating", RuntimeWarning, stacklevel=3)
-        return None
+def _from_payload(config, p):
+    return InpaintingData(config=config, mask=p["mask"], info=json.loads(p["info"]),
+                          **{name: p[name] for name in _SPLITS})
