@@ -189,6 +189,7 @@ def bench(args):
                 base = ours["solve_lasso[:%d]" % args.patches_cd_batch] if r["provider"].startswith(
                     "lasso_cd[:") else ours["solve_lasso"]
                 rows.append({
+                    **info,  # first: the row's own fields (threads!) must not be overwritten by the machine's
                     "problem": name, "provider": r["provider"], "threads": threads,
                     "batch": batch if "[:" not in r["provider"] else args.patches_cd_batch,
                     "time_s": round(t, 4), "time_min_s": round(min(r["times"]), 4), "reps": len(r["times"]),
@@ -196,7 +197,7 @@ def bench(args):
                     "certified": r["certified"], "max_rel_gap": f"{r['max_rel_gap']:.2e}",
                     "iters_max": r["iters_max"], "iters_mean": round(r["iters_mean"], 1),
                     "nnz_mean": round(r["nnz"], 1), "setting": r["setting"],
-                    "load1_before": round(load0, 2), "load1_after": round(load1, 2), **info,
+                    "load1_before": round(load0, 2), "load1_after": round(load1, 2),
                 })
                 print(f"{name:9s} thr={threads} {r['provider']:18s} {t:8.3f} s  x{t / base:6.2f}  "
                       f"certified={r['certified']!s:5s} max_gap={r['max_rel_gap']:.1e} "
