@@ -12,9 +12,20 @@ from ..nn import LISTALayer
 from .classic import Unrolled, _describe
 from .noise import _randn
 
-INITS = ("ista", "paper")
+INITS = ("ista", "paper", "random")
 PAPER_STD = 0.01
 PAPER_SCALE = 100.0
+# Defaults of the `random` initialisation: the research code's weight scale, without its
+# x100 domain, and an initial point of the same small size.
+RANDOM_WEIGHT_STD = 0.01
+RANDOM_Y0_STD = 0.01
+
+
+def _check_std(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0 \
+            or value == float("inf"):
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 class LISTA(Unrolled):
@@ -28,17 +39,34 @@ class LISTA(Unrolled):
             N(0, 0.01^2), inputs scaled by 100 and y_0 ~ N(0, I) in the scaled domain
             (a fresh draw per forward, from forward's ``generator`` when given);
             outputs are divided by 100.
+            ``"random"``: every entry of W1, W2, theta drawn from N(0, weight_std^2)
+            (default 0.01), scale 1 (no x100 domain), and y_0 ~ N(0, y0_std^2 I)
+            (default 0.01; a fresh draw per forward, from forward's ``generator`` when
+            given). The untrained network does not descend: its intermediate layers are
+            free to wander, which is where descent constraints have something to do.
         tied: share one layer's weights across all L layers.
-        generator: optional ``torch.Generator`` for the ``paper`` weight draw.
-    The state dict records ``init`` (it fixes the scale and the initial point).
+        generator: optional ``torch.Generator`` for the ``paper`` / ``random`` weight draw.
+        weight_std, y0_std: the standard deviations of the ``random`` initialisation
+            (finite, >= 0); only ``init="random"`` accepts them.
+    The state dict records ``init`` and ``y0_std`` (they fix the scale and the initial point).
     Parameters: ``layers`` is a ModuleList of :class:`sdu_ext.nn.LISTALayer` (L of
     them, or 1 when tied), each with W1 (m, m), W2 (m, n), theta (m,), in D's dtype.
     """
 
-    def __init__(self, D, alpha, num_layers, init="ista", tied=False, generator=None):
+    def __init__(self, D, alpha, num_layers, init="ista", tied=False, generator=None,
+                 weight_std=None, y0_std=None):
         super().__init__(D, alpha, num_layers)
         if init not in INITS:
-            raise ValueError(f"init: expected 'ista' or 'paper', got {init!r}")
+            raise ValueError(f"init: expected one of {', '.join(map(repr, INITS))}, got {init!r}")
+        if init != "random":
+            for name, value in (("weight_std", weight_std), ("y0_std", y0_std)):
+                if value is not None:
+                    raise ValueError(f"{name}: only init='random' takes it, got {value!r} with init={init!r}")
+        std = PAPER_STD
+        self.y0_std = None
+        if init == "random":
+            std = _check_std(RANDOM_WEIGHT_STD if weight_std is None else weight_std, "weight_std")
+            self.y0_std = _check_std(RANDOM_Y0_STD if y0_std is None else y0_std, "y0_std")
         self.init = init
         self.tied = bool(tied)
         self.scale = PAPER_SCALE if init == "paper" else 1.0
@@ -51,28 +79,39 @@ class LISTA(Unrolled):
             with torch.no_grad():
                 for layer in layers:
                     for p in (layer.W1, layer.W2, layer.theta):
-                        p.copy_(PAPER_STD * _randn(p.shape, generator, p.dtype, p.device))
+                        p.copy_(std * _randn(p.shape, generator, p.dtype, p.device))
         self.layers = nn.ModuleList(layers)
 
     def extra_repr(self):
-        return super().extra_repr() + f", init={self.init!r}, tied={self.tied}"
+        extra = f", y0_std={self.y0_std:g}" if self.init == "random" else ""
+        return super().extra_repr() + f", init={self.init!r}, tied={self.tied}" + extra
 
     # The initialisation fixes the input scale and the initial point, which trained
     # weights depend on: the state dict carries it, so loading a `paper` checkpoint
     # into a model built with init="ista" gives the `paper` model.
     def get_extra_state(self):
-        return {"init": self.init}
+        state = {"init": self.init}
+        if self.init == "random":
+            state["y0_std"] = self.y0_std
+        return state
 
     def set_extra_state(self, state):
         init = state["init"]
         if init not in INITS:
-            raise ValueError(f"init: expected 'ista' or 'paper' in the state dict, got {init!r}")
-        self.init = init
+            raise ValueError(f"init: expected one of {', '.join(map(repr, INITS))} in the state dict, got {init!r}")
+        y0_std = None
+        if init == "random":
+            if "y0_std" not in state:
+                raise ValueError("y0_std: expected it in the state dict of an init='random' model, got none")
+            y0_std = _check_std(state["y0_std"], "y0_std")
+        self.init, self.y0_std = init, y0_std
         self.scale = PAPER_SCALE if init == "paper" else 1.0
 
     def _initial_point(self, xs, generator):
         if self.init == "paper":
             return _randn((xs.shape[0], self.m), generator, xs.dtype, xs.device)
+        if self.init == "random":
+            return self.y0_std * _randn((xs.shape[0], self.m), generator, xs.dtype, xs.device)
         return xs.new_zeros(xs.shape[0], self.m)
 
     def _weights(self, dtype):
