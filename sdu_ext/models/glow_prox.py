@@ -30,6 +30,7 @@ from ..flows import Glow, GlowConfig
 from .noise import _randn
 
 GRAD_X_WEIGHT = 200.0  # d/dx of 100 ||y - A x||^2 is 200 A^T (A x - y)
+LOSSES = ("mean", "sum")
 DECODE_BOUND = 1e3  # a decoded image beyond this magnitude counts as an overflow (images live in [0, 1])
 
 
@@ -257,12 +258,33 @@ class GlowProx(nn.Module):
         self._record = (stacked.data_ptr(), tuple(stacked.shape))
         return stacked if return_all else x
 
+    @staticmethod
+    def distance_residual(iterates, batch):
+        """``x_l - x`` of every iterate against the clean images ``batch[1]`` (B, C, S, S),
+        flattened: (L+1, B, C*S*S); its norm is the reconstruction error (``distance``, the
+        research code's LISTA residual). Nonzero at the masked input wherever the hole is
+        not black, and a descent constraint on it at layer 1 asks layer 1 to bring the image
+        closer to the clean one, i.e. to raise its PSNR."""
+        return (iterates - batch[1]).flatten(2)
+
     def data_residual(self, iterates, batch):
         """grad_x f = 200 A^T (A x_l - y) of every iterate, flattened: (L+1, B, C*S*S).
 
         ``iterates`` (L+1, B, C, S, S); ``batch[0]`` the measurements y (B, C, S, S)."""
         y = batch[0]
         return (GRAD_X_WEIGHT * (self.mask * (self.mask * iterates - y))).flatten(2)
+
+    def objective_residual(self, iterates, batch):
+        """The whole gradient of f in (x, z): ``[grad_x f, grad_z f]`` of every iterate,
+        concatenated: (L+1, B, C*S*S + D), whose norm is
+        ``sqrt(||200 A^T (A x_l - y)||^2 + ||z_top,l||^2)``.
+
+        Label-free, and nonzero at the masked input: there ``grad_x f = 0`` (x_0 = y is the
+        minimiser of the data term) but the top latent of the masked image is not, so a
+        constraint on layer 1 compares layer 1's output with the initial point. The latents
+        are the ``latents`` recorded by the forward pass that produced ``iterates``
+        (a ValueError otherwise)."""
+        return torch.cat([self.data_residual(iterates, batch), self.latent_residual(iterates, batch)], dim=2)
 
     def latent_residual(self, iterates, batch):
         """grad_z f = z_top of every iterate: the ``latents`` (L+1, B, D) recorded by the
@@ -271,3 +293,22 @@ class GlowProx(nn.Module):
             raise ValueError("iterates: latent_residual needs the iterates of this model's latest forward pass "
                              "(the top latents are recorded there); run the model on the batch first")
         return self.latents
+
+
+def reconstruction_loss(output, batch, reduction="mean"):
+    """Per-image task loss against the clean images ``batch[1]``: (B,) from ``output`` (B, C, H, W).
+
+    ``reduction="mean"``: the mean squared error per pixel (PSNR's quantity);
+    ``reduction="sum"``: the squared error summed over the image, ``||x_L - x||^2`` (the
+    research code's loss), C*H*W times the mean. The sum keeps the loss on the scale the
+    research's dual step size (1e-3) was tuned against; with the mean the same multipliers
+    weigh C*H*W times more against the loss."""
+    if reduction not in LOSSES:
+        raise ValueError(f"reduction: expected one of {', '.join(map(repr, LOSSES))}, got {reduction!r}")
+    target = batch[1]
+    if not isinstance(output, torch.Tensor) or not isinstance(target, torch.Tensor) or output.dim() != 4 \
+            or output.shape != target.shape:
+        raise ValueError(f"output: expected images (B, C, H, W) of the clean images' shape "
+                         f"{_describe(target)}, got {_describe(output)}")
+    err = (output - target).pow(2).flatten(1)
+    return err.mean(dim=1) if reduction == "mean" else err.sum(dim=1)
