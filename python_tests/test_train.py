@@ -141,14 +141,14 @@ def train_lista(mode, seed, epochs=30, **kw):
 @pytest.fixture(scope="module")
 def constrained_vs_standard():
     with torch_threads(1):
-        return {mode: train_lista(mode, seed=0) for mode in ("constrained", "unconstrained")}
+        return {mode: train_lista(mode, seed=0) for mode in ("constrained", "standard")}
 
 
 def test_constrained_satisfies_every_layer_standard_violates(constrained_vs_standard):
     """The research setting (paper initialisation, distance residual, mean_ratio, eps=0.05):
     on held-out data every layer of the constrained network descends by the required
     factor (within SATISFIED_TOL); standard unrolling leaves some layer ascending."""
-    (ct, ch), (ut, uh) = constrained_vs_standard["constrained"], constrained_vs_standard["unconstrained"]
+    (ct, ch), (ut, uh) = constrained_vs_standard["constrained"], constrained_vs_standard["standard"]
     for t in (ct, ut):  # the final weights are the selected ones: re-evaluate them
         assert t.best_epoch is not None
     c_val = ct.evaluate(ct.val_data, eps=0.05)["constraints"]["descent"]
@@ -298,7 +298,7 @@ def test_resume_rejects_a_different_configuration(tmp_path):
     with pytest.raises(ValueError, match=r"^resume: .*lr_dual=0\.5 \(this run: 0\.25\)"):
         other.fit(resume=True)
     with pytest.raises(ValueError, match=r"^resume: needs config.checkpoint_dir"):
-        PrimalDualTrainer(LISTA(*problem()[:1], W.ALPHA, L), problem()[1], config=TrainConfig(mode="unconstrained"),
+        PrimalDualTrainer(LISTA(*problem()[:1], W.ALPHA, L), problem()[1], config=TrainConfig(mode="standard"),
                           ).fit(resume=True)
 
 
@@ -430,14 +430,14 @@ BAD = [
     (lambda: small_trainer(constraints=[DescentConstraints(), DescentConstraints()]), "constraints"),
     (lambda: PrimalDualTrainer(LISTA(problem()[0], W.ALPHA, L), problem()[1]), "constraints"),
     (lambda: small_trainer(mode="noisy"), "noise"),
-    (lambda: PrimalDualTrainer(LISTA(problem()[0], W.ALPHA, L), problem()[1], config=TrainConfig(mode="unconstrained"),
+    (lambda: PrimalDualTrainer(LISTA(problem()[0], W.ALPHA, L), problem()[1], config=TrainConfig(mode="standard"),
                                noise=FixedNoise(1.0)), "noise"),
     (lambda: small_trainer(mode="layerwise", epochs=3), "epochs"),
     (lambda: small_trainer(model=LISTA(problem()[0], W.ALPHA, L, tied=True), mode="layerwise", epochs=4),
      "layer_parameters"),
-    (lambda: PrimalDualTrainer(LISTA(problem()[0], W.ALPHA, L), problem()[1], config=TrainConfig(mode="unconstrained"),
+    (lambda: PrimalDualTrainer(LISTA(problem()[0], W.ALPHA, L), problem()[1], config=TrainConfig(mode="standard"),
                                loss=3), "loss"),
-    (lambda: PrimalDualTrainer(nn.Linear(2, 2), (torch.zeros(0, 2),), config=TrainConfig(mode="unconstrained")),
+    (lambda: PrimalDualTrainer(nn.Linear(2, 2), (torch.zeros(0, 2),), config=TrainConfig(mode="standard")),
      "train_data"),
 ]
 

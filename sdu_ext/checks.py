@@ -1,10 +1,41 @@
-"""Argument checks of the configuration dataclasses. Each raises ValueError naming the
-argument, the expected value and the received one.
+"""Argument checks of the whole package. Each raises ValueError naming the argument, the
+expected value and the received one.
 
-Integers are Python ints (not bools): configurations are hashed as JSON and stored in
-checkpoints, where other integer types do not round-trip.
+Integers of configurations are Python ints (not bools): configurations are hashed as JSON
+and stored in checkpoints, where other integer types do not round-trip.
 """
 import math
+import numbers
+
+import torch
+
+__all__ = ["check_int", "check_real", "check_choice", "check_eps", "check_layers", "check_positive",
+           "check_instance", "check_callable", "choices", "describe", "is_int", "is_real", "is_plain_real"]
+
+
+def choices(values):
+    """``"'a', 'b'"``: the allowed values of a choice, for messages."""
+    return ", ".join(repr(v) for v in values)
+
+
+def is_int(value):
+    """True for any integral number except bool (numpy integers included)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value):
+    """True for any real number except bool (numpy floats included)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_plain_real(value):
+    """True for a Python int or float (not bool): the numbers that round-trip through JSON."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def describe(t):
+    """``"(2, 3) torch.float32 on cpu"`` for a tensor, else the type's name (for messages)."""
+    return f"{tuple(t.shape)} {t.dtype} on {t.device}" if isinstance(t, torch.Tensor) else type(t).__name__
 
 
 def check_int(value, name, low=1):
@@ -21,7 +52,42 @@ def check_real(value, name, low=0.0, strict=False):
         raise ValueError(f"{name}: expected a finite number {'>' if strict else '>='} {low:g}, got {value!r}")
 
 
-def check_choice(value, name, choices):
-    """ValueError naming the ``choices`` unless ``value`` is one of them."""
-    if value not in choices:
-        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+def check_choice(value, name, options):
+    """ValueError naming the ``options`` unless ``value`` is one of them."""
+    if value not in options:
+        raise ValueError(f"{name}: expected one of {choices(options)}, got {value!r}")
+
+
+def check_eps(eps, name="eps"):
+    """Return ``float(eps)`` if it is a number in [0, 1), else raise ValueError naming ``name``."""
+    if not is_real(eps) or not 0.0 <= float(eps) < 1.0:
+        raise ValueError(f"{name}: expected a number in [0, 1), got {eps!r}")
+    return float(eps)
+
+
+def check_layers(num_layers, name="num_layers"):
+    """Return ``int(num_layers)`` if it is an integer >= 1, else raise ValueError."""
+    if not is_int(num_layers) or num_layers < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {num_layers!r}")
+    return int(num_layers)
+
+
+def check_positive(value, name):
+    """Return ``float(value)`` if it is a number > 0, else raise ValueError naming ``name``."""
+    if not is_real(value) or not value > 0:
+        raise ValueError(f"{name}: expected a positive number, got {value!r}")
+    return float(value)
+
+
+def check_instance(value, name, cls, what):
+    """ValueError ``"{name}: expected {what}, got <type>"`` unless ``value`` is a ``cls``."""
+    if not isinstance(value, cls):
+        raise ValueError(f"{name}: expected {what}, got {type(value).__name__}")
+    return value
+
+
+def check_callable(value, name):
+    """ValueError unless ``value`` is None or callable."""
+    if value is not None and not callable(value):
+        raise ValueError(f"{name}: expected a callable, got {type(value).__name__}")
+    return value

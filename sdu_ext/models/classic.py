@@ -5,29 +5,15 @@ section 2) with L layers, each one step of an iterative solver, and shares one
 interface (:class:`Unrolled`).
 """
 import math
-import numbers
 
 import torch
 from torch import nn
 
 from .. import ops
+from ..checks import check_layers, check_positive, describe
 from ..problems.lasso import Lasso
 
-
-def _check_layers(num_layers):
-    if isinstance(num_layers, bool) or not isinstance(num_layers, numbers.Integral) or num_layers < 1:
-        raise ValueError(f"num_layers: expected an integer >= 1, got {num_layers!r}")
-    return int(num_layers)
-
-
-def _check_positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-        raise ValueError(f"{name}: expected a positive number, got {value!r}")
-    return float(value)
-
-
-def _describe(t):
-    return f"{tuple(t.shape)} {t.dtype} on {t.device}" if isinstance(t, torch.Tensor) else type(t).__name__
+_describe = describe  # the name models/lista.py imports
 
 
 class Unrolled(nn.Module):
@@ -69,7 +55,7 @@ class Unrolled(nn.Module):
     def __init__(self, D, alpha, num_layers):
         super().__init__()
         problem = Lasso(D, alpha)
-        self.num_layers = _check_layers(num_layers)
+        self.num_layers = check_layers(num_layers)
         if not problem.lipschitz > 0:
             raise ValueError("D: expected a nonzero dictionary (||D||_2 > 0), got all zeros")
         self.n, self.m = problem.n, problem.m
@@ -119,7 +105,7 @@ class Unrolled(nn.Module):
         if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[1] != width \
                 or (batch is not None and t.shape[0] != batch):
             b = "B" if batch is None else str(batch)
-            raise ValueError(f"{name}: expected shape ({b}, {width}) = {what}, got {_describe(t)}")
+            raise ValueError(f"{name}: expected shape ({b}, {width}) = {what}, got {describe(t)}")
         if t.dtype != dtype:
             raise ValueError(f"{name}: expected dtype {dtype} (the model's), got {t.dtype}")
         if t.device != device:
@@ -154,7 +140,7 @@ class ISTA(Unrolled):
 
     def __init__(self, D, alpha, num_layers, step=None):
         super().__init__(D, alpha, num_layers)
-        self.step = 1.0 / self.lipschitz if step is None else _check_positive(step, "step")
+        self.step = 1.0 / self.lipschitz if step is None else check_positive(step, "step")
 
     def _layer(self, l, y, xs, D):
         return ops.soft_threshold(y - self.step * ((y @ D.T - xs) @ D), self.alpha * self.step)

@@ -64,7 +64,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write_bytes
-from ..checks import check_choice, check_int
+from ..checks import check_choice, check_int, is_plain_real
 from .lasso import Lasso
 
 __all__ = [
@@ -160,14 +160,14 @@ class DatasetConfig:
         if self.name == "patches" and self.n != self.patch_size ** 2:
             raise ValueError(f"n: expected patch_size**2 = {self.patch_size ** 2} for patches of "
                              f"{self.patch_size} x {self.patch_size} pixels, got {self.n}")
-        if not _is_real(self.alpha) or not (math.isfinite(self.alpha) and self.alpha >= 0):
+        if not is_plain_real(self.alpha) or not (math.isfinite(self.alpha) and self.alpha >= 0):
             raise ValueError(f"alpha: expected a finite value >= 0, got {self.alpha!r}")
         for key in ("n_train", "n_val", "n_test"):
             check_int(getattr(self, key), key, 0)
         check_int(self.seed, "seed", 0)
-        if not _is_real(self.density) or not 0 < self.density <= 1:
+        if not is_plain_real(self.density) or not 0 < self.density <= 1:
             raise ValueError(f"density: expected a probability in (0, 1], got {self.density!r}")
-        if self.snr_db is not None and (not _is_real(self.snr_db) or not math.isfinite(self.snr_db)):
+        if self.snr_db is not None and (not is_plain_real(self.snr_db) or not math.isfinite(self.snr_db)):
             raise ValueError(f"snr_db: expected a finite number of dB or None, got {self.snr_db!r}")
         check_choice(self.dictionary, "dictionary", _DICTIONARIES)
         check_int(self.stride, "stride", 1)
@@ -177,7 +177,7 @@ class DatasetConfig:
             raise ValueError(f"images: expected a non-empty tuple of names from PATCH_IMAGES "
                              f"({', '.join(PATCH_IMAGES)}), got {self.images!r}")
         check_choice(self.reference, "reference", _REFERENCES)
-        if not _is_real(self.tol) or not (math.isfinite(self.tol) and self.tol > 0):
+        if not is_plain_real(self.tol) or not (math.isfinite(self.tol) and self.tol > 0):
             raise ValueError(f"tol: expected a finite value > 0, got {self.tol!r}")
         check_int(self.ista_steps, "ista_steps", 0)
         if self.dtype not in _DTYPES:
@@ -191,10 +191,6 @@ class DatasetConfig:
         """Hex SHA-256 of the canonical JSON of the (defaults-filled) configuration."""
         blob = json.dumps({"format": FORMAT_VERSION, **asdict(self)}, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _is_real(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclass

@@ -1,11 +1,19 @@
-"""Atomic checkpoint files (written through :mod:`sdu_ext.atomic`)."""
+"""Checkpoint files (written atomically through :mod:`sdu_ext.atomic`) and the pieces of
+training state they carry besides the weights: RNG states and the configuration check of a resume."""
+import copy
+import dataclasses
 import io
 import json
 import os
+import warnings
 
 import torch
 
 from ..atomic import atomic_write_bytes
+from .config import DEPRECATED_MODES, RESUMABLE, TrainConfig
+from .data import seed_for
+
+__all__ = ["FORMAT", "atomic_save", "atomic_write_text", "atomic_write_json", "load_checkpoint"]
 
 FORMAT = "sdu_ext.train/1"
 
@@ -47,3 +55,63 @@ def load_checkpoint(path, map_location="cpu"):
         raise ValueError(f"checkpoint: {path!r} is not an sdu_ext training checkpoint "
                          f"(expected format {FORMAT!r}, got {got!r})")
     return state
+
+
+def clone_state(state):
+    """A CPU copy of a ``state_dict`` (tensors detached and copied, the rest deep-copied)."""
+    return {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+            for k, v in state.items()}
+
+
+def check_resumable(state, config, groups, layers):
+    """ValueError unless a run of ``config`` (a TrainConfig) with constraint groups ``groups``
+    (names) on ``layers`` (1-based, per group) may continue the checkpoint ``state``: the
+    message names every field that differs. Fields the checkpoint predates count as their
+    defaults; deprecated mode names as their new names."""
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(TrainConfig)}
+    saved = {**defaults, **state["config"]}
+    saved["mode"] = DEPRECATED_MODES.get(saved["mode"], saved["mode"])
+    mine = config.to_dict()
+    keep = set(RESUMABLE) - ({"epochs"} if config.mode == "layerwise" else set())
+    diff = [(k, saved.get(k), mine[k]) for k in mine if k not in keep and saved.get(k) != mine[k]]
+    if diff:
+        pairs = ", ".join(f"{k}={old!r} (this run: {new!r})" for k, old, new in diff)
+        raise ValueError(f"resume: the checkpoint was written with a different configuration: {pairs}")
+    dual = state["dual"]
+    if dual["groups"] != groups or dual["layers"] != layers:
+        raise ValueError(f"resume: the checkpoint constrains groups {dual['groups']} on layers "
+                         f"{dual['layers']}, this run {groups} on {layers}")
+
+
+def rng_state(device, noise, world):
+    """This process's RNG states (global torch, CUDA on ``device``, the noise hook's own
+    ``generator``), gathered from every rank: a list with one dict per rank."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    gen = getattr(noise, "generator", None)
+    if isinstance(gen, torch.Generator):
+        state["noise"] = gen.get_state()
+    if world > 1:
+        gathered = [None] * world
+        torch.distributed.all_gather_object(gathered, state)
+        return gathered
+    return [state]
+
+
+def set_rng_state(states, device, noise, world, rank, reseed):
+    """Restore this rank's entry of :func:`rng_state`; with another number of processes,
+    warn and reseed the global RNG from ``reseed`` (a seed) instead."""
+    if len(states) != world:
+        warnings.warn(f"resume: the checkpoint holds RNG states of {len(states)} processes, this run has "
+                      f"{world}; random draws are reseeded and will differ from an uninterrupted run")
+        torch.manual_seed(seed_for(*reseed) + rank)
+        return
+    state = states[rank]
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    gen = getattr(noise, "generator", None)
+    if isinstance(gen, torch.Generator) and "noise" in state:
+        gen.set_state(state["noise"])

@@ -1,13 +1,19 @@
 """Training configuration (SPEC section 4): one dataclass, validated when built."""
 import dataclasses
 import math
-import numbers
+import warnings
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-MODES = ("constrained", "unconstrained", "noisy", "layerwise")
+from ..checks import check_eps, choices, is_int, is_real
+
+__all__ = ["TrainConfig", "MODES", "DUAL_EVERY", "RESUMABLE", "DEPRECATED_MODES", "check_eps"]
+
+MODES = ("constrained", "standard", "noisy", "layerwise")
+# Old names of modes, still accepted (and found in old checkpoints).
+DEPRECATED_MODES = {"unconstrained": "standard"}
 DUAL_EVERY = ("batch", "epoch")
 
 # Fields a resumed run may change: they do not alter the trajectory of the run
@@ -15,25 +21,6 @@ DUAL_EVERY = ("batch", "epoch")
 # layer-wise run must keep it).
 RESUMABLE = ("epochs", "patience", "restore_best", "device", "checkpoint_dir", "log_dir",
              "progress", "tensorboard")
-
-
-def _choices(values):
-    return ", ".join(repr(v) for v in values)
-
-
-def _is_int(v):
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_real(v):
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
-def check_eps(eps, name="eps"):
-    """Return ``float(eps)`` if it lies in [0, 1), else raise ValueError naming ``name``."""
-    if not _is_real(eps) or not 0.0 <= float(eps) < 1.0:
-        raise ValueError(f"{name}: expected a number in [0, 1), got {eps!r}")
-    return float(eps)
 
 
 @dataclass
@@ -52,10 +39,13 @@ class TrainConfig:
             after each epoch's primal pass with the training noise; the research LISTA code).
         drop_last: drop the last, incomplete batch of every epoch. Under DDP a last
             batch with fewer samples than ranks is always dropped.
+        shuffle: draw a new order of the training samples every epoch (seeded, the same
+            on every rank); False takes them in their stored order.
     Method:
         mode: ``"constrained"`` (task loss on the last layer + descent constraints;
             noise between layers when the trainer is given a noise hook),
-            ``"unconstrained"`` (standard unrolling: loss on the last layer only, no noise),
+            ``"standard"`` (standard unrolling: loss on the last layer only, no noise;
+            ``"unconstrained"`` is a deprecated alias),
             ``"noisy"`` (standard unrolling with the noise hook active in training) or
             ``"layerwise"`` (the epochs are split evenly into L stages; stage k trains on
             the loss of layer k's output; see ``layerwise_finetune``).
@@ -89,13 +79,13 @@ class TrainConfig:
     batch_size: int = 512
     lr: float = 1e-5
     optimizer: str = "Adam"
-    optimizer_kwargs: dict = field(default_factory=dict)
+    optimizer_kwargs: Dict[str, Any] = field(default_factory=dict)
     lr_dual: float = 1e-3
     dual_every: str = "batch"
     drop_last: bool = False
     mode: str = "constrained"
     eps: Optional[float] = None
-    eps_schedule: Optional[tuple] = None
+    eps_schedule: Optional[Tuple[Tuple[int, float], ...]] = None
     resilient: bool = False
     resilient_cost: float = 1.0
     layerwise_finetune: bool = False
@@ -107,15 +97,16 @@ class TrainConfig:
     log_dir: Optional[str] = None
     progress: bool = False
     tensorboard: bool = True
+    shuffle: bool = True
 
     def __post_init__(self):
-        if not _is_int(self.epochs) or self.epochs < 0:
+        if not is_int(self.epochs) or self.epochs < 0:
             raise ValueError(f"epochs: expected an integer >= 0, got {self.epochs!r}")
-        if not _is_int(self.batch_size) or self.batch_size < 1:
+        if not is_int(self.batch_size) or self.batch_size < 1:
             raise ValueError(f"batch_size: expected an integer >= 1, got {self.batch_size!r}")
-        if not _is_real(self.lr) or not (self.lr > 0 and math.isfinite(self.lr)):
+        if not is_real(self.lr) or not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr: expected a positive finite number, got {self.lr!r}")
-        if not _is_real(self.lr_dual) or not (self.lr_dual >= 0 and math.isfinite(self.lr_dual)):
+        if not is_real(self.lr_dual) or not (self.lr_dual >= 0 and math.isfinite(self.lr_dual)):
             raise ValueError(f"lr_dual: expected a finite number >= 0, got {self.lr_dual!r}")
         if not isinstance(self.optimizer, str) or not isinstance(getattr(torch.optim, self.optimizer, None), type) \
                 or not issubclass(getattr(torch.optim, self.optimizer), torch.optim.Optimizer):
@@ -126,18 +117,24 @@ class TrainConfig:
                 else type(self.optimizer_kwargs).__name__
             raise ValueError(f"optimizer_kwargs: expected a dict of extra optimizer arguments, got {got}")
         if self.dual_every not in DUAL_EVERY:
-            raise ValueError(f"dual_every: expected one of {_choices(DUAL_EVERY)}, got {self.dual_every!r}")
+            raise ValueError(f"dual_every: expected one of {choices(DUAL_EVERY)}, got {self.dual_every!r}")
+        if self.mode in DEPRECATED_MODES:
+            warnings.warn(f"mode: {self.mode!r} is deprecated, use {DEPRECATED_MODES[self.mode]!r}",
+                          DeprecationWarning, stacklevel=3)
+            self.mode = DEPRECATED_MODES[self.mode]
+        if not isinstance(self.shuffle, bool):
+            raise ValueError(f"shuffle: expected True or False, got {self.shuffle!r}")
         if self.mode not in MODES:
-            raise ValueError(f"mode: expected one of {_choices(MODES)}, got {self.mode!r}")
+            raise ValueError(f"mode: expected one of {choices(MODES)}, got {self.mode!r}")
         if self.eps is not None:
             self.eps = check_eps(self.eps)
         if self.eps_schedule is not None:
             self.eps_schedule = self._check_schedule(self.eps_schedule)
-        if not _is_real(self.resilient_cost) or not (self.resilient_cost > 0 and math.isfinite(self.resilient_cost)):
+        if not is_real(self.resilient_cost) or not (self.resilient_cost > 0 and math.isfinite(self.resilient_cost)):
             raise ValueError(f"resilient_cost: expected a positive finite number, got {self.resilient_cost!r}")
-        if self.seed is not None and not _is_int(self.seed):
+        if self.seed is not None and not is_int(self.seed):
             raise ValueError(f"seed: expected an integer or None, got {self.seed!r}")
-        if self.patience is not None and (not _is_int(self.patience) or self.patience < 1):
+        if self.patience is not None and (not is_int(self.patience) or self.patience < 1):
             raise ValueError(f"patience: expected an integer >= 1 or None, got {self.patience!r}")
         try:
             torch.device(self.device)
@@ -160,7 +157,7 @@ class TrainConfig:
             raise ValueError(f"eps_schedule: expected strictly increasing epochs >= 0, got {epochs}")
         return points
 
-    def eps_at(self, epoch):
+    def eps_at(self, epoch: int) -> Optional[float]:
         """The eps override for 0-based ``epoch``: from the schedule, else ``eps`` (may be None)."""
         if self.eps_schedule is None:
             return self.eps
@@ -172,7 +169,7 @@ class TrainConfig:
                 return v0 + (v1 - v0) * (epoch - e0) / (e1 - e0)
         return points[-1][1]
 
-    def to_dict(self):
+    def to_dict(self) -> Dict[str, Any]:
         """JSON-friendly dict of the fields (tuples become lists)."""
         d = dataclasses.asdict(self)
         if d["eps_schedule"] is not None:
@@ -180,8 +177,9 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d):
-        """Inverse of :meth:`to_dict`; unknown keys raise ValueError."""
+    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError, missing ones take their
+        defaults (checkpoints written before a field existed)."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:

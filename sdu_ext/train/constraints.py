@@ -1,12 +1,15 @@
 """Per-layer descent constraints (SPEC section 3) and their reduction over batches and ranks."""
 import numbers
-from typing import NamedTuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Union
 
 import torch
 
 from .. import ops
-from ..reference import FORMS, RATIO_FLOOR
-from .config import check_eps
+from ..checks import check_eps
+from ..reference import FORMS
+from .dual import all_reduce_sum, constraint_values
+
+__all__ = ["DescentConstraints", "ConstraintValues", "Stats", "RESIDUALS"]
 
 RESIDUALS = ("distance", "gradient", "subgradient")
 
@@ -58,8 +61,8 @@ class DescentConstraints:
     overrides the group's own for this call.
     """
 
-    def __init__(self, residual="distance", form="mean_ratio", eps=0.05, layers=None, problem=None,
-                 name="descent"):
+    def __init__(self, residual: Union[str, Callable] = "distance", form: str = "mean_ratio", eps: float = 0.05,
+                 layers: Optional[Sequence[int]] = None, problem=None, name: str = "descent"):
         if not callable(residual) and residual not in RESIDUALS:
             raise ValueError("residual: expected one of " + ", ".join(repr(r) for r in RESIDUALS)
                              + f" or a callable, got {residual!r}")
@@ -85,7 +88,7 @@ class DescentConstraints:
         return (f"DescentConstraints(residual={res!r}, form={self.form!r}, eps={self.eps:g}, "
                 f"layers={self.layers}, name={self.name!r})")
 
-    def active(self, num_layers):
+    def active(self, num_layers: int) -> List[int]:
         """0-based indices of the constrained layers for a network of ``num_layers`` layers."""
         if self.layers is None:
             return list(range(num_layers))
@@ -117,7 +120,8 @@ class DescentConstraints:
         g = problem.subgradient(y, xr) if self.residual == "subgradient" else problem.smooth_grad(y, xr)
         return g.reshape(L1, B, m), None
 
-    def __call__(self, iterates, batch, eps=None, problem=None):
+    def __call__(self, iterates: torch.Tensor, batch, eps: Optional[float] = None,
+                 problem=None) -> ConstraintValues:
         if not isinstance(iterates, torch.Tensor) or iterates.dim() != 3 and not (
                 callable(self.residual) and iterates.dim() > 3):
             want = "(L+1, B, ...)" if callable(self.residual) else "(L+1, B, m)"
@@ -165,9 +169,7 @@ class Stats:
         return self
 
     def all_reduce(self):
-        if torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:
-            torch.distributed.all_reduce(self.sums)
+        all_reduce_sum(self.sums)
         return self
 
     @property
@@ -186,14 +188,13 @@ class Stats:
     def values(self, i, eps):
         """Constraint values (L,) float64 of group i at ``eps``."""
         sample_sum, norm_sum, _ = self._group(i)
-        n = self.sums[0].cpu()
-        if self.groups[i].form == "ratio_of_means":
-            prev = (norm_sum[:-1] / n).clamp_min(RATIO_FLOOR)
-            return (norm_sum[1:] / n) / prev - (1.0 - eps)
-        return sample_sum / n
+        return constraint_values(self.groups[i].form, eps, self.sums[0].cpu(), sample_sum, norm_sum)
 
     def descending(self, i):
         return self._group(i)[2] / self.sums[0].cpu()
 
     def norm_sums(self, i):
         return self._group(i)[1]
+
+    def sample_sums(self, i):
+        return self._group(i)[0]

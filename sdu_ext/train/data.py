@@ -1,0 +1,89 @@
+"""Training data and its batches: what one rank reads in each step."""
+import hashlib
+from typing import List, Tuple
+
+import torch
+
+__all__ = ["TrainingData", "to_device", "seed_for", "train_batches", "eval_batches", "world_and_rank"]
+
+
+def world_and_rank() -> Tuple[int, int]:
+    """``(world size, rank)`` of the initialised process group, else ``(1, 0)``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+def to_device(obj, device):
+    """``obj`` (a tensor, or lists/tuples/dicts of them) moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+def seed_for(seed: int, epoch: int) -> int:
+    """A 63-bit seed derived from ``(seed, epoch)`` (the shuffle of each epoch, noise seeds)."""
+    digest = hashlib.sha256(f"{seed}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class TrainingData:
+    """Indexable training/validation data: a tuple of tensors (fast path: one gather
+    per tensor), a TensorDataset, or any map-style Dataset (collated per batch)."""
+
+    def __init__(self, data, name):
+        if isinstance(data, torch.utils.data.TensorDataset):
+            data = data.tensors
+        if isinstance(data, torch.Tensor):
+            data = (data,)
+        if isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data):
+            sizes = {t.shape[0] if t.dim() else -1 for t in data}
+            if len(sizes) != 1 or -1 in sizes:
+                raise ValueError(f"{name}: expected tensors with one common first (sample) dimension, "
+                                 f"got shapes {[tuple(t.shape) for t in data]}")
+            self.tensors, self.dataset, self.size = tuple(data), None, data[0].shape[0]
+        elif hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, (str, bytes)):
+            self.tensors, self.dataset, self.size = None, data, len(data)
+        else:
+            raise ValueError(f"{name}: expected a tuple of tensors or a map-style Dataset, got {type(data).__name__}")
+        if self.size < 1:
+            raise ValueError(f"{name}: expected at least one sample, got an empty data set")
+
+    def __len__(self):
+        return self.size
+
+    def get(self, idx, device):
+        """The samples ``idx`` (1-D int64) as a batch on ``device``."""
+        if self.tensors is not None:
+            return tuple(t[idx].to(device, non_blocking=True) for t in self.tensors)
+        batch = torch.utils.data.default_collate([self.dataset[i] for i in idx.tolist()])
+        return to_device(batch, device)
+
+
+def train_batches(n: int, batch_size: int, seed: int, epoch: int, world: int = 1, rank: int = 0,
+                  drop_last: bool = False, shuffle: bool = True) -> List[torch.Tensor]:
+    """This rank's index shards of the global batches of ``epoch`` (same order on every
+    rank): a seeded permutation of ``range(n)`` (or the stored order without ``shuffle``)
+    cut into batches of ``batch_size``, each split into ``world`` contiguous shards. The
+    last, incomplete batch is dropped with ``drop_last`` or when it has fewer samples than ranks."""
+    if shuffle:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed_for(seed, epoch)))
+    else:
+        order = torch.arange(n)
+    out = []
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        if idx.numel() < batch_size and (drop_last or idx.numel() < world):
+            continue
+        out.append(torch.tensor_split(idx, world)[rank])
+    return out
+
+
+def eval_batches(n: int, batch_size: int, world: int = 1, rank: int = 0) -> List[torch.Tensor]:
+    """This rank's contiguous shard of ``range(n)`` in batches of ``batch_size``."""
+    shard = torch.tensor_split(torch.arange(n), world)[rank]
+    return list(torch.split(shard, batch_size)) if shard.numel() else []
