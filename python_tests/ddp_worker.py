@@ -108,6 +108,11 @@ def main(out):
         # continue the checkpointed case for two more epochs (resume under DDP)
         torch.save(run_case(RESUMED, os.path.join(out, f"ckpt-{RESUMED}"), epochs=5, resume=True),
                    os.path.join(out, f"{RESUMED}-resumed.rank{rank}.pt"))
+        # Multiplier.all_reduce averages replicas that stepped on different values
+        from sdu_ext.train import Multiplier
+        nu = Multiplier(init=[rank + 1.0, 0.25], lr=0.5, resilient=True)
+        nu.step(torch.tensor([0.0, 2.0 * rank], dtype=torch.float64))
+        torch.save(nu.all_reduce().state_dict(), os.path.join(out, f"multiplier.rank{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()
 

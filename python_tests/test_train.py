@@ -358,6 +358,10 @@ def test_ddp_two_processes_match_one_process(tmp_path):
             # rank 0 alone writes the checkpoints
             assert r0["saves"] > 0 and r1["saves"] == 0
     assert sorted(os.listdir(tmp_path / f"ckpt-{W.RESUMED}")) == ["best.pt", "last.pt"]
+    # Multiplier.all_reduce: the means of the ranks' values (1, 0.25) and (2, 1.25), slacks 0.5 * (1, 0.25) and 0.5 * (2, 0.25)
+    for r in range(2):
+        state = torch.load(tmp_path / f"multiplier.rank{r}.pt", weights_only=True)
+        assert state["value"].tolist() == [1.5, 0.75] and state["slack"].tolist() == [0.75, 0.125]
 
 
 # ---------------------------------------------------------------- failures

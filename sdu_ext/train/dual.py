@@ -7,6 +7,7 @@
   projected dual-ascent step, the optional resilient slack, checkpoint state, a finiteness
   check and log columns.
 """
+import copy
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -179,7 +180,7 @@ class Multiplier:
         """``{"value", "slack"[, "optimizer"]}`` (tensors are copies)."""
         state = {"value": self._value.detach().clone(), "slack": self._slack.clone()}
         if self.optimizer is not None:
-            state["optimizer"] = self.optimizer.state_dict()
+            state["optimizer"] = copy.deepcopy(self.optimizer.state_dict())  # a snapshot, not live tensors
         return state
 
     def load_state_dict(self, state: dict) -> None:
