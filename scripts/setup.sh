@@ -16,5 +16,7 @@ PY=${PYTHON:-python3}
 "$VENV/bin/python" -m pip install -q "$TORCH"
 "$VENV/bin/python" -m pip install -q ninja numpy scipy tqdm matplotlib pytest expecttest \
   scikit-learn scikit-image
+# optional extra: the cooper adapter (sdu_ext.integrations.cooper) and its test
+"$VENV/bin/python" -m pip install -q "cooper-optim>=1.0"
 "$VENV/bin/python" -m pip install -q --no-build-isolation -e .
 "$VENV/bin/python" -c "import sdu_ext, json; print(json.dumps(sdu_ext.build_info()))"

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import warnings
+from typing import Any, Dict, Union
 
 import torch
 
@@ -18,7 +19,7 @@ __all__ = ["FORMAT", "atomic_save", "atomic_write_text", "atomic_write_json", "l
 FORMAT = "sdu_ext.train/1"
 
 
-def atomic_save(obj, path):
+def atomic_save(obj: Any, path: Union[str, os.PathLike]) -> None:
     """``torch.save(obj)`` to ``path`` atomically. ``obj`` should hold only tensors and
     plain Python containers/scalars so :func:`load_checkpoint` can read it with
     ``weights_only=True``."""
@@ -27,17 +28,17 @@ def atomic_save(obj, path):
     atomic_write_bytes(buf.getvalue(), path)
 
 
-def atomic_write_text(text, path):
+def atomic_write_text(text: str, path: Union[str, os.PathLike]) -> None:
     """Write a text file atomically (UTF-8)."""
     atomic_write_bytes(text.encode("utf-8"), path)
 
 
-def atomic_write_json(obj, path):
+def atomic_write_json(obj: Any, path: Union[str, os.PathLike]) -> None:
     """Write ``obj`` as indented JSON atomically (NaN/Infinity allowed, as Python writes them)."""
     atomic_write_text(json.dumps(obj, indent=1, allow_nan=True) + "\n", path)
 
 
-def load_checkpoint(path, map_location="cpu"):
+def load_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") -> Dict[str, Any]:
     """Load a checkpoint written by :func:`atomic_save` (``weights_only=True``).
 
     Raises FileNotFoundError naming ``path`` when it does not exist, and ValueError

@@ -7,9 +7,10 @@ import torch
 from .. import ops
 from ..checks import check_eps
 from ..reference import FORMS
+from .data import world_and_rank
 from .dual import all_reduce_sum, constraint_values
 
-__all__ = ["DescentConstraints", "ConstraintValues", "Stats", "RESIDUALS"]
+__all__ = ["DescentConstraints", "ConstraintValues", "Stats", "BatchValues", "reduce_batch", "RESIDUALS"]
 
 RESIDUALS = ("distance", "gradient", "subgradient")
 
@@ -198,3 +199,51 @@ class Stats:
 
     def sample_sums(self, i):
         return self._group(i)[0]
+
+
+class BatchValues(NamedTuple):
+    """A (global) batch's task loss and constraint values, see :func:`reduce_batch`.
+
+    stats: the all-reduced :class:`Stats` of the batch.
+    loss: differentiable scalar whose gradient, averaged over the ranks (as DDP does),
+        is the gradient of the global mean task loss (alone: the batch mean).
+    terms: per group, differentiable (L,) whose rank-averaged gradient is that of the
+        global constraint values (alone: the op's values).
+    values: per group, the global constraint values (L,) float64 on the CPU (not differentiable).
+    """
+
+    stats: "Stats"
+    loss: torch.Tensor
+    terms: List[torch.Tensor]
+    values: List[torch.Tensor]
+
+
+def reduce_batch(per_loss, evals, groups, eps, num_layers=None) -> BatchValues:
+    """Reduce this rank's part of a global batch over the ranks of the process group (DDP).
+
+    Args:
+        per_loss: (B_local,) per-sample task losses (differentiable).
+        evals: one :class:`ConstraintValues` per group, of this rank's samples.
+        groups: the :class:`DescentConstraints` of ``evals``.
+        eps: per group, the eps of the values.
+        num_layers: L (default: from ``evals``; required without groups).
+    The sums of every rank are all-reduced once. Under DDP each differentiable term is the
+    global value as a function of this rank's sums (the others' detached), times the world
+    size W, so that DDP's gradient average is the gradient of the global value.
+    """
+    L = num_layers if num_layers is not None else evals[0].values.shape[0]
+    stats = Stats(L, groups, per_loss.device).add(per_loss, evals).all_reduce()
+    values = [stats.values(i, e) for i, e in enumerate(eps)]
+    W = world_and_rank()[0]
+    if W == 1:
+        return BatchValues(stats, per_loss.mean(), [ev.values for ev in evals], values)
+
+    def tie(total, local):
+        return total.to(local.device, local.dtype) + (local - local.detach())
+
+    terms = []
+    for i, (g, ev, e) in enumerate(zip(groups, evals, eps)):
+        samples = tie(stats.sample_sums(i), ev.values * ev.norms.shape[1])
+        norms = tie(stats.norm_sums(i), ev.norms.sum(dim=1))
+        terms.append(W * constraint_values(g.form, e, stats.count, samples, norms))
+    return BatchValues(stats, per_loss.sum() * (W / stats.count), terms, values)

@@ -14,6 +14,7 @@ import torch
 
 from ..checks import is_real
 from ..reference import FORMS, RATIO_FLOOR
+from .data import world_and_rank
 
 __all__ = ["constraint_values", "all_reduce_sum", "Multiplier", "group_multipliers"]
 
@@ -43,16 +44,10 @@ def constraint_values(form: str, eps: float, count, sample_sums: torch.Tensor,
     raise ValueError("form: expected one of " + ", ".join(repr(f) for f in FORMS) + f", got {form!r}")
 
 
-def _world() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return 1
-
-
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` in place over the ranks of the initialised process group (if more
     than one) and return it. Sums (not constraint values) are what add across ranks."""
-    if _world() > 1:
+    if world_and_rank()[0] > 1:
         torch.distributed.all_reduce(tensor)
     return tensor
 
@@ -170,7 +165,7 @@ class Multiplier:
         """Average the multipliers and slacks over the ranks of a DDP job (no-op alone), for
         steps taken on per-rank constraint values. The trainer steps on global values, so its
         ranks already agree."""
-        world = _world()
+        world = world_and_rank()[0]
         if world > 1:
             for t in (self._value, self._slack):
                 all_reduce_sum(t).div_(world)

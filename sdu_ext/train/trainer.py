@@ -15,9 +15,9 @@ from ..checks import check_callable, check_eps, check_instance
 from .checkpoint import (FORMAT, atomic_save, check_resumable, clone_state, load_checkpoint, rng_state,
                          set_rng_state)
 from .config import TrainConfig
-from .constraints import DescentConstraints, Stats
+from .constraints import DescentConstraints, Stats, reduce_batch
 from .data import TrainingData, eval_batches, seed_for, to_device, train_batches, world_and_rank
-from .dual import Multiplier, constraint_values, group_multipliers
+from .dual import Multiplier, group_multipliers
 from .finite import NonFiniteError, check_loss, check_multipliers, check_values
 from .layerwise import check_plan, layer_parameter_sets, stage_of
 from .logs import HistoryLog, epoch_row
@@ -269,20 +269,6 @@ class PrimalDualTrainer:
             raise ValueError(f"loss: expected per-sample losses of shape ({output.shape[0]},) = (B,), got {got}")
         return loss
 
-    def _global_values(self, i, ev, stats, eps):
-        """Under DDP: the global constraint values c (L,) as a function of this rank's
-        differentiable sums (the other ranks' detached), times the world size W, so that
-        DDP's average of the ranks' gradients is the gradient of the global c."""
-        n_local = ev.norms.shape[1]
-        dtype, device = ev.norms.dtype, ev.norms.device
-
-        def tie(total, local):
-            return total.to(device, dtype) + (local - local.detach())
-
-        samples = tie(stats.sample_sums(i), ev.values * n_local)
-        norms = tie(stats.norm_sums(i), ev.norms.sum(dim=1))
-        return self.world * constraint_values(self.groups[i].form, eps, stats.count, samples, norms)
-
     def _step(self, batch, epoch, batch_index, eps):
         cfg = self.config
         constrained = cfg.mode == "constrained"
@@ -291,24 +277,18 @@ class PrimalDualTrainer:
         out = iterates[self.stage] if self.stage is not None else iterates[-1]
         per_loss = self._per_sample_loss(out, batch)
         evals = self._evaluate_groups(iterates, batch, eps, grad=constrained)
-        stats = Stats(self.num_layers, self.groups, self.device).add(per_loss, evals).all_reduce()
+        stats, lagrangian, terms, c_all = reduce_batch(per_loss, evals, self.groups, eps, self.num_layers)
 
         loss_value = stats.loss()
         check_loss(loss_value, iterates, epoch, batch_index)
-        c_all = [stats.values(i, e) for i, e in enumerate(eps)]
         self._check_values(c_all, epoch, batch_index)
 
-        if self.world == 1:
-            lagrangian = per_loss.mean()
-        else:
-            lagrangian = per_loss.sum() * (self.world / stats.count)
         lag_value = loss_value
         if constrained:
-            for i, (ev, act, dual) in enumerate(zip(evals, self._active, self.duals)):
-                c = ev.values if self.world == 1 else self._global_values(i, ev, stats, eps[i])
+            for c, c_value, act, dual in zip(terms, c_all, self._active, self.duals):
                 nu, u = dual.value, dual.slack
                 lagrangian = lagrangian + (nu.to(c.device, c.dtype) * c[act]).sum()
-                lag_value += float((nu * (c_all[i][act] - u)).sum())
+                lag_value += float((nu * (c_value[act] - u)).sum())
                 if dual.resilient:
                     lag_value += 0.5 * dual.resilient_cost * float(u.pow(2).sum())
         self.model.zero_grad(set_to_none=True)
@@ -360,7 +340,7 @@ class PrimalDualTrainer:
             stats.add(self._per_sample_loss(it[-1], batch), self._evaluate_groups(it, batch, eps, grad=False))
         return stats.all_reduce()
 
-    def evaluate(self, data, noise=None, eps=None):
+    def evaluate(self, data, noise: Optional[Callable] = None, eps: Optional[float] = None) -> Dict[str, Any]:
         """Noise-free (unless ``noise``) metrics of the current model on ``data`` (all ranks
         together under DDP): ``{"loss", "count", "constraints": {group: {"values": [L],
         "descending": [L]}}}``, the loss being the mean task loss of the last layer and
@@ -375,7 +355,8 @@ class PrimalDualTrainer:
 
     # -------------------------------------------------------------- fit
 
-    def fit(self, resume=False, callback=None):
+    def fit(self, resume: bool = False,
+            callback: Optional[Callable[["PrimalDualTrainer", Dict[str, Any]], Any]] = None) -> List[Dict[str, Any]]:
         """Train for ``config.epochs`` epochs (continuing a killed run from
         ``checkpoint_dir/last.pt`` when ``resume`` and that file exists, else starting a
         new run from the model's current weights: global RNG seeded, fresh optimizer).
@@ -527,7 +508,7 @@ class PrimalDualTrainer:
 
     # -------------------------------------------------------------- checkpoints
 
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, Any]:
         """Everything :meth:`fit` needs to continue exactly (rank-local RNG states gathered)."""
         return {
             "format": FORMAT,
