@@ -1,14 +1,21 @@
 """The `sdu-ext` command: `reproduce lista` end to end on the tiny preset (report folder,
-resume), `lista train/eval/robustness`, presets, and the stated errors."""
+resume), `lista train/eval/robustness`, presets, the stated errors, and how it behaves for a
+user: a fast --help, one line per warning, a refused --out of a previous run, Ctrl-C."""
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
+import warnings
 
 import pytest
 import torch
 
 from sdu_ext import cli, presets
+from sdu_ext.experiments import lista
+from sdu_ext.experiments.common import CLIError, Interrupted, train_variant
 from sdu_ext.train import load_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,9 +40,8 @@ def reproduced(tmp_path_factory, cache_dir):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("train") / "run"
-    with pytest.warns(UserWarning, match=DROPPED):  # the tiny problem has signals whose optimum is 0
-        rc = cli.main(["lista", "train", "--preset", "tiny", "--mode", "standard", "--out", str(out), "--quiet",
-                       "--data-cache", cache_dir])
+    rc = cli.main(["lista", "train", "--preset", "tiny", "--mode", "standard", "--out", str(out), "--quiet",
+                   "--data-cache", cache_dir])
     assert rc == 0
     return out
 
@@ -123,7 +129,18 @@ def test_resume_of_another_variant(trained, cache_dir, capsys):
     rc = cli.main(["lista", "train", "--preset", "tiny", "--mode", "constrained", "--out", str(trained), "--quiet",
                    "--resume", "--data-cache", cache_dir])
     assert rc == 2
-    assert "resume: " in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("sdu-ext: error: resume: ") and "holds the 'standard' network, not 'constrained'" in err
+    assert "--overwrite" in err and err.count("\n") == 1
+
+
+def test_resume_mismatch_names_the_field(trained, cache_dir):
+    preset = presets.get_preset("tiny")
+    preset.method.eps = 0.1
+    data = lista.prepare_data(preset.data, cache_dir)
+    with pytest.raises(CLIError, match=r"^resume: .* other settings than preset 'tiny' \(method\.eps: 0\.05 -> 0\.1\); "
+                                       r"pass --overwrite instead of --resume"):
+        train_variant(lista.ListaExperiment(preset, data), "standard", str(trained), resume=True)
 
 
 def test_missing_checkpoint(tmp_path, capsys):
@@ -174,6 +191,9 @@ def test_presets_round_trip():
         p = presets.get_preset(name)
         assert presets.Preset.from_dict(json.loads(json.dumps(p.to_dict()))) == p
     assert presets.get_preset("quick").sizes() == {"n": 250, "m": 500, "num_layers": 10}
+    # the CLI's own copies of the names (it builds its parser without importing torch)
+    assert cli.PRESET_NAMES == {"lista": tuple(presets.PRESETS), "inpaint": tuple(presets.INPAINT_PRESETS)}
+    assert cli.VARIANT_NAMES == tuple(presets.VARIANTS)
 
 
 def test_python_dash_m_help():
@@ -184,3 +204,91 @@ def test_python_dash_m_help():
     r = subprocess.run([sys.executable, "-m", "sdu_ext", "reproduce", "lista", "--help"], capture_output=True,
                        text=True, cwd=REPO, timeout=120)
     assert r.returncode == 0 and "--preset" in r.stdout and "--resume" in r.stdout
+
+
+# ---------------------------------------------------------------- a user's first hour
+
+def test_help_answers_in_under_a_second():
+    best = float("inf")
+    for _ in range(3):  # the best of three: the machine may be busy
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "sdu_ext", "--help"], capture_output=True, text=True, cwd=REPO,
+                           timeout=120)
+        best = min(best, time.perf_counter() - t0)
+        assert r.returncode == 0 and "reproduce" in r.stdout
+    assert best < 1.0, f"`sdu-ext --help` took {best:.2f} s"
+
+
+def test_warnings_print_one_clean_line_each(tmp_path, cache_dir, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        rc = cli.main(["lista", "train", "--preset", "tiny", "--epochs", "0", "--out", str(tmp_path / "w"), "--quiet",
+                       "--data-cache", cache_dir])
+    assert rc == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3, lines  # the train, val and test splits drop samples whose optimum is 0
+    for line in lines:
+        assert re.fullmatch("sdu-ext: warning: " + DROPPED + r" \(the ratio forms .*\)", line), line
+
+
+def test_out_of_a_previous_run_is_refused(trained, reproduced, tmp_path, cache_dir, capsys):
+    for argv in (["lista", "train", "--preset", "tiny", "--out", str(trained)],
+                 ["reproduce", "lista", "--preset", "tiny", "--out", str(reproduced)]):
+        assert cli.main(argv + ["--quiet", "--data-cache", cache_dir]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("sdu-ext: error: --out: ") and "holds a previous run" in err
+        assert "pass --resume to continue it or --overwrite to replace it" in err
+    run = tmp_path / "again"
+    argv = ["lista", "train", "--preset", "tiny", "--out", str(run), "--quiet", "--data-cache", cache_dir]
+    assert cli.main(argv + ["--epochs", "2"]) == 0 and cli.main(argv + ["--epochs", "1"]) == 2
+    assert cli.main(argv + ["--epochs", "1", "--overwrite"]) == 0
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1  # a fresh run, not a continued one
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv + ["--overwrite", "--resume"])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_out_and_data_cache_must_be_folders(tmp_path, cache_dir, capsys):
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    for argv, msg in ((["--out", str(afile), "--data-cache", cache_dir], "--out: expected a folder, got the file"),
+                      (["--out", "", "--data-cache", cache_dir], "--out: expected a folder path, got ''"),
+                      (["--out", str(tmp_path / "o"), "--data-cache", str(afile)],
+                       "--data-cache: expected a folder path, got the file"),
+                      (["--out", str(tmp_path / "o"), "--data-cache", ""], "--data-cache: expected a folder path")):
+        assert cli.main(["lista", "train", "--preset", "tiny", "--quiet"] + argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"sdu-ext: error: {msg}") and err.count("\n") == 1, err
+
+
+def test_ctrl_c_ends_with_one_line_and_status_130(tmp_path, cache_dir):
+    run = tmp_path / "run"
+    argv = ["lista", "train", "--preset", "tiny", "--epochs", "100000", "--out", str(run), "--quiet",
+            "--threads", "1", "--data-cache", cache_dir]
+    proc = subprocess.Popen([sys.executable, "-m", "sdu_ext", *argv], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "last.pt").is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.3)  # a few more epochs
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if not line.startswith("sdu-ext: warning: ")]
+    assert len(lines) == 1, err
+    m = re.fullmatch(r"sdu-ext: interrupted at epoch (\d+) of 100000; `sdu-ext (.*)` continues", lines[0])
+    assert m, lines[0]
+    assert m.group(2) == " ".join(argv + ["--resume"])
+    assert load_checkpoint(run / "last.pt")["epoch"] == int(m.group(1)) - 1  # the last checkpoint is intact
+
+
+def test_ctrl_c_message(tmp_path):
+    args = cli.build_parser().parse_args(["reproduce", "lista", "--preset", "tiny", "--out", "r d", "--overwrite"])
+    line = cli._interrupted(Interrupted(2, 3, "noisy"), ["reproduce", "lista", "--preset", "tiny", "--out", "r d",
+                                                         "--overwrite"], args)
+    assert line == ("sdu-ext: interrupted at epoch 2 of 3 (the noisy network); "
+                    "`sdu-ext reproduce lista --preset tiny --out 'r d' --resume` continues")
+    args = cli.build_parser().parse_args(["lista", "eval", "--checkpoint", "c"])
+    assert cli._interrupted(KeyboardInterrupt(), ["lista", "eval", "--checkpoint", "c"], args) == "sdu-ext: interrupted"

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-import ddp_worker as W
+import ddp_worker
 from sdu_ext.evaluate import (RescaledNoise, descending_frequency, evaluate_model, iterations_to_match, layer_metrics,
                               log_gradient_noise, nmse_db, ood_shift, perturbation_sweep, perturbed_iterates,
                               run_iterates, shift_signals, shifted_data)
@@ -18,7 +18,7 @@ F64 = torch.float64
 
 @pytest.fixture(scope="module")
 def tiny():
-    D, _, (x, y) = W.make_problem(seed=0, n_train=16, n_val=40)
+    D, _, (x, y) = ddp_worker.make_problem(seed=0, n_train=16, n_val=40)
     return D, x, y
 
 
@@ -90,7 +90,7 @@ def test_layer_metrics_counts_zero_optima():
 
 def test_run_iterates_chunks_match_one_pass(tiny):
     D, x, y = tiny
-    model = LISTA(D, W.ALPHA, 3, init="paper", generator=torch.Generator().manual_seed(0))
+    model = LISTA(D, ddp_worker.ALPHA, 3, init="paper", generator=torch.Generator().manual_seed(0))
     y0 = torch.randn(x.shape[0], D.shape[1], generator=torch.Generator().manual_seed(1))
     whole = run_iterates(model, x, y0=y0)
     chunked = run_iterates(model, x, y0=y0, batch_size=7)
@@ -100,7 +100,7 @@ def test_run_iterates_chunks_match_one_pass(tiny):
 
 def test_ista_descends_and_evaluate_model_agrees(tiny):
     D, x, y = tiny
-    model = ISTA(D, W.ALPHA, 5)
+    model = ISTA(D, ddp_worker.ALPHA, 5)
     m = evaluate_model(model, x, y)
     it = run_iterates(model, x)
     assert m["descending"] == descending_frequency(it, y).tolist()
@@ -115,14 +115,14 @@ def test_iterations_to_match_counts_unrolled_steps(tiny, method, cls):
     network (same step, y_0 = 0) that reaches it."""
     D, x, y = tiny
     D, x, y = D.double(), x.double(), y.double()
-    curve = nmse_db(run_iterates(cls(D, W.ALPHA, 40), x), y).tolist()
+    curve = nmse_db(run_iterates(cls(D, ddp_worker.ALPHA, 40), x), y).tolist()
     targets = [curve[3] + 1e-9, curve[17] + 1e-9, curve[40] + 1e-9, -400.0]
     expected = [next(k for k, v in enumerate(curve) if v <= t) for t in targets[:3]] + [None]
-    got = iterations_to_match(Lasso(D, W.ALPHA), x, y, targets, method=method, max_iter=60)
+    got = iterations_to_match(Lasso(D, ddp_worker.ALPHA), x, y, targets, method=method, max_iter=60)
     assert got == expected
-    assert iterations_to_match(Lasso(D, W.ALPHA), x, y, [], method=method) == []
+    assert iterations_to_match(Lasso(D, ddp_worker.ALPHA), x, y, [], method=method) == []
     with pytest.raises(ValueError, match="method: expected 'ista' or 'fista'"):
-        iterations_to_match(Lasso(D, W.ALPHA), x, y, [0.0], method="lars")
+        iterations_to_match(Lasso(D, ddp_worker.ALPHA), x, y, [0.0], method="lars")
 
 
 # ---------------------------------------------------------------- robustness
@@ -130,11 +130,11 @@ def test_iterations_to_match_counts_unrolled_steps(tiny, method, cls):
 def test_rescaled_noise_domain(tiny):
     D, x, _ = tiny
     y = torch.randn(x.shape[0], D.shape[1], generator=torch.Generator().manual_seed(2))
-    paper = LISTA(D, W.ALPHA, 3, init="paper", generator=torch.Generator().manual_seed(0))
+    paper = LISTA(D, ddp_worker.ALPHA, 3, init="paper", generator=torch.Generator().manual_seed(0))
     a = log_gradient_noise(paper, 2.0, generator=torch.Generator().manual_seed(5))(1, y, x)
     b = LogGradientNoise(D, 2.0, generator=torch.Generator().manual_seed(5))(1, y, x)
     torch.testing.assert_close(a, b)                # paper LISTA: the research rule as is
-    ista = LISTA(D, W.ALPHA, 3)
+    ista = LISTA(D, ddp_worker.ALPHA, 3)
     a = log_gradient_noise(ista, 2.0, generator=torch.Generator().manual_seed(5))(1, y, x)
     b = LogGradientNoise(D, 2.0, generator=torch.Generator().manual_seed(5))(1, 100 * y, 100 * x) / 100
     torch.testing.assert_close(a, b)
@@ -144,7 +144,7 @@ def test_rescaled_noise_domain(tiny):
 
 def test_perturbed_initial_point_scale(tiny):
     D, x, _ = tiny
-    model = LISTA(D, W.ALPHA, 2)
+    model = LISTA(D, ddp_worker.ALPHA, 2)
     it = perturbed_iterates(model, x, 50.0, torch.Generator().manual_seed(0))
     assert float(it[0].std()) == pytest.approx(0.5, rel=0.1)   # sigma / domain scale 100
 
@@ -152,7 +152,7 @@ def test_perturbed_initial_point_scale(tiny):
 def test_perturbation_sweep_shapes_pairing_reproducibility(tiny):
     D, x, y = tiny
     L = 3
-    model = LISTA(D, W.ALPHA, L)
+    model = LISTA(D, ddp_worker.ALPHA, L)
     sigmas = (0.01, 1.0, 100.0)
     s = perturbation_sweep(model, x, y, sigmas, seed=3)
     assert s["sigma"] == list(sigmas)
@@ -166,7 +166,7 @@ def test_perturbation_sweep_shapes_pairing_reproducibility(tiny):
     clean = evaluate_model(model, x, y)
     assert s["final_distance_mean"][0] == pytest.approx(clean["distance_mean"][-1], rel=1e-3)
     # the draws depend on the seed and the sigma's index only: models are compared on the same draws
-    other = LISTA(D, W.ALPHA, L)
+    other = LISTA(D, ddp_worker.ALPHA, L)
     assert perturbation_sweep(other, x, y, sigmas, seed=3) == s
 
 
@@ -179,10 +179,10 @@ def test_shift_signals_and_ood(tiny):
     torch.testing.assert_close(free.clamp(0, 1), xs)
     assert float((free - x).std()) == pytest.approx(0.3, rel=0.15)
 
-    fista = FISTA(D.double(), W.ALPHA, 500)
+    fista = FISTA(D.double(), ddp_worker.ALPHA, 500)
     sets = shifted_data(x, lambda s: fista(s.double()).float(), (0.1, 0.5), seed=1, clip=None)
     assert [s["p"] for s in sets] == [0.1, 0.5]
-    model = ISTA(D, W.ALPHA, 4)
+    model = ISTA(D, ddp_worker.ALPHA, 4)
     o = ood_shift(model, sets, y)
     assert o["p"] == [0.1, 0.5]
     assert len(o["final_nmse_db"]) == len(o["final_nmse_db_old"]) == 2
@@ -199,10 +199,10 @@ def test_shift_signals_and_ood(tiny):
 def test_plots_are_written(tiny, tmp_path):
     pytest.importorskip("matplotlib")
     D, x, y = tiny
-    model = ISTA(D, W.ALPHA, 3)
-    clean = {"a": evaluate_model(model, x, y), "b": evaluate_model(FISTA(D, W.ALPHA, 3), x, y)}
+    model = ISTA(D, ddp_worker.ALPHA, 3)
+    clean = {"a": evaluate_model(model, x, y), "b": evaluate_model(FISTA(D, ddp_worker.ALPHA, 3), x, y)}
     sweep = {"a": perturbation_sweep(model, x, y, (0.1, 10.0))}
-    sets = shifted_data(x, lambda s: FISTA(D, W.ALPHA, 50)(s), (0.1, 0.2), clip=None)
+    sets = shifted_data(x, lambda s: FISTA(D, ddp_worker.ALPHA, 50)(s), (0.1, 0.2), clip=None)
     ood = {"a": ood_shift(model, sets, y)}
     history = {"a": [{"epoch": 1, "val_loss": 2.0}, {"epoch": 2, "val_loss": 1.0}]}
     paths = [plots.plot_layers(clean, tmp_path / "l.png"),

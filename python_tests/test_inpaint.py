@@ -9,11 +9,12 @@ import warnings
 import pytest
 import torch
 
-from sdu_ext import cli
-from sdu_ext import inpaint as I
+from sdu_ext import cli, presets
+from sdu_ext.evaluate.inpainting import psnr, ssim
+from sdu_ext.experiments.inpaint import build_noise, constraint_groups, mse_loss
 from sdu_ext.flows import Glow, GlowConfig
 from sdu_ext.models import GlowProx, UnitDirectionNoise
-from sdu_ext.problems import inpainting as D
+from sdu_ext.problems import inpainting
 from sdu_ext.train import PrimalDualTrainer, TrainConfig
 from sdu_testing import torch_threads
 
@@ -31,7 +32,7 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny(cache_dir):
-    return D.load(D.InpaintingConfig(**TINY), cache_dir=cache_dir)
+    return inpainting.load(inpainting.InpaintingConfig(**TINY), cache_dir=cache_dir)
 
 
 def _model(data, L=3, **kw):
@@ -48,23 +49,23 @@ def test_data_shapes_values_and_mask(tiny):
     for x in (tiny.train, tiny.val, tiny.test):
         assert x.dtype == torch.float32 and x.min() >= 0 and x.max() <= 1
         assert torch.equal(x * 32, torch.round(x * 32))  # 5-bit levels k / 32
-    assert c.hole == 6 and D.InpaintingConfig().hole == 12  # 24/64 of the side
+    assert c.hole == 6 and inpainting.InpaintingConfig().hole == 12  # 24/64 of the side
     m = tiny.mask
     assert m.shape == (1, 16, 16) and int((m == 0).sum()) == 36 and torch.all(m[:, 5:11, 5:11] == 0)
     y, x = tiny.pairs("test")
     assert torch.equal(y, x * m) and torch.all(y[:, :, 5:11, 5:11] == 0)
     assert sum(tiny.info["blocks_per_split"].values()) == tiny.info["blocks"]
-    rgb = D.load(image_size=16, channels=3, bits=None, n_train=4, n_val=2, n_test=2, cache=False)
+    rgb = inpainting.load(image_size=16, channels=3, bits=None, n_train=4, n_val=2, n_test=2, cache=False)
     assert rgb.train.shape == (4, 3, 16, 16)
     assert torch.equal(torch.round(rgb.train * 255), rgb.train * 255)  # x = v / 255
 
 
 def test_data_is_deterministic_and_splits_do_not_overlap():
-    a = D.load(cache=False, **TINY)
-    b = D.load(cache=False, **TINY)
+    a = inpainting.load(cache=False, **TINY)
+    b = inpainting.load(cache=False, **TINY)
     for s in ("train", "val", "test"):
         assert torch.equal(a.split(s), b.split(s))
-    other = D.load(cache=False, **dict(TINY, seed=1))
+    other = inpainting.load(cache=False, **dict(TINY, seed=1))
     assert not torch.equal(a.train, other.train)
     # crops of different splits come from different blocks, so no crop is shared
     flat = {s: {tuple(v.flatten().tolist()) for v in a.split(s)} for s in ("train", "val", "test")}
@@ -72,20 +73,20 @@ def test_data_is_deterministic_and_splits_do_not_overlap():
 
 
 def test_cache_survives_a_truncated_file(tmp_path):
-    cfg = D.InpaintingConfig(**TINY)
-    first = D.load(cfg, cache_dir=str(tmp_path))
-    path = D.cache_path(cfg, str(tmp_path))
+    cfg = inpainting.InpaintingConfig(**TINY)
+    first = inpainting.load(cfg, cache_dir=str(tmp_path))
+    path = inpainting.cache_path(cfg, str(tmp_path))
     assert os.path.isfile(path)
     size = os.path.getsize(path)
     with open(path, "r+b") as f:
         f.truncate(size // 2)
     with pytest.warns(RuntimeWarning, match="invalid .*regenerating"):
-        again = D.load(cfg, cache_dir=str(tmp_path))
+        again = inpainting.load(cfg, cache_dir=str(tmp_path))
     assert torch.equal(first.train, again.train) and torch.equal(first.mask, again.mask)
     assert os.path.getsize(path) == size
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert torch.equal(D.load(cfg, cache_dir=str(tmp_path)).test, first.test)
+        assert torch.equal(inpainting.load(cfg, cache_dir=str(tmp_path)).test, first.test)
 
 
 @pytest.mark.parametrize("kw, name", [(dict(channels=2), "channels"), (dict(bits=9), "bits"),
@@ -93,14 +94,14 @@ def test_cache_survives_a_truncated_file(tmp_path):
                                       (dict(image_size=2), "image_size"), (dict(n_train=-1), "n_train")])
 def test_data_config_errors_name_the_argument(kw, name):
     with pytest.raises(ValueError, match=f"^{name}: expected"):
-        D.InpaintingConfig(**kw)
+        inpainting.InpaintingConfig(**kw)
 
 
 def test_data_too_many_crops_is_rejected():
     with pytest.raises(ValueError, match="^n_train: expected at most"):
-        D.load(cache=False, image_size=16, channels=1, n_train=100_000, n_val=1, n_test=1)
+        inpainting.load(cache=False, image_size=16, channels=1, n_train=100_000, n_val=1, n_test=1)
     with pytest.raises(ValueError, match="^n_train: no image block left"):
-        D.load(cache=False, image_size=16, channels=1, n_train=4, n_val=100_000, n_test=1)
+        inpainting.load(cache=False, image_size=16, channels=1, n_train=4, n_val=100_000, n_test=1)
 
 
 # ---------------------------------------------------------------- model
@@ -238,10 +239,10 @@ def test_bad_inputs_give_clear_errors(tiny):
     with pytest.raises(ValueError, match="^noise: expected the hook to return"):
         model(y, noise=lambda l, x, yy: x[:1])
     with pytest.raises(ValueError, match="^preset: expected one of"):
-        I.get_preset("huge")
+        presets.get_inpaint_preset("huge")
     with pytest.raises(ValueError, match="^first_layer: expected at most num_layers"):
-        p = I.get_preset("tiny")
-        I.InpaintPreset("x", "", p.data, p.model, p.pretrain, I.ProxMethodConfig(first_layer=9), p.train)
+        p = presets.get_inpaint_preset("tiny")
+        presets.InpaintPreset("x", "", p.data, p.model, p.pretrain, presets.ProxMethodConfig(first_layer=9), p.train)
 
 
 # ---------------------------------------------------------------- metrics
@@ -250,28 +251,28 @@ def test_ssim_and_psnr_match_scikit_image(tiny):
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     g = torch.Generator().manual_seed(0)
-    rgb = D.load(image_size=32, channels=3, n_train=2, n_val=1, n_test=1, cache=False).train.double()
+    rgb = inpainting.load(image_size=32, channels=3, n_train=2, n_val=1, n_test=1, cache=False).train.double()
     for x in (rgb, tiny.test[:3].double()):
         noisy = (x + 0.1 * torch.randn(x.shape, generator=g, dtype=x.dtype)).clamp(0, 1)
         for a, b in ((noisy, x), (x * tiny.mask.double() if x.shape[1] == 1 else x, x)):
-            ours = I.ssim(a, b)
+            ours = ssim(a, b)
             ref = [structural_similarity(a[i].numpy(), b[i].numpy(), gaussian_weights=True, sigma=1.5,
                                          use_sample_covariance=False, data_range=1.0, channel_axis=0)
                    for i in range(a.shape[0])]
             assert torch.allclose(ours, torch.tensor(ref, dtype=ours.dtype), atol=1e-6, rtol=0)
-        ps = I.psnr(noisy, x)
+        ps = psnr(noisy, x)
         ref = [peak_signal_noise_ratio(x[i].numpy(), noisy[i].numpy(), data_range=1.0) for i in range(x.shape[0])]
         assert torch.allclose(ps, torch.tensor(ref, dtype=ps.dtype), atol=1e-6, rtol=0)
-    assert torch.allclose(I.ssim(rgb, rgb), torch.ones(2, dtype=torch.float64))
+    assert torch.allclose(ssim(rgb, rgb), torch.ones(2, dtype=torch.float64))
     with pytest.raises(ValueError, match="^x: expected images of at least 11 x 11"):
-        I.ssim(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8))
+        ssim(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8))
 
 
 # ---------------------------------------------------------------- training
 
 def test_trainer_runs_two_constrained_epochs_with_non_negative_multipliers(tiny, tmp_path):
     model = _model(tiny)
-    method = I.ProxMethodConfig()
+    method = presets.ProxMethodConfig()
     seen = []
 
     def check(trainer, row):
@@ -280,8 +281,8 @@ def test_trainer_runs_two_constrained_epochs_with_non_negative_multipliers(tiny,
         assert bool((model.mu >= 0).all()) and bool((model.lam >= 0).all())
 
     cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-3, lr_dual=10.0, mode="constrained", checkpoint_dir=str(tmp_path))
-    trainer = PrimalDualTrainer(model, tiny.pairs("train"), tiny.pairs("val"), cfg, I.constraint_groups(model, method),
-                                loss=I.mse_loss, noise=I.build_noise(1.0, 0))
+    trainer = PrimalDualTrainer(model, tiny.pairs("train"), tiny.pairs("val"), cfg, constraint_groups(model, method),
+                                loss=mse_loss, noise=build_noise(1.0, 0))
     history = trainer.fit(callback=check)
     assert len(history) == 2 and len(seen) == 4
     assert trainer.constrained_layers() == {"grad_x": [2, 3], "grad_z": [2, 3]}
@@ -315,7 +316,7 @@ def test_reproduce_inpaint_writes_the_report_folder(reproduced):
                  "checkpoints/glow/glow.pt", "checkpoints/standard/best.pt"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
-    L = I.get_preset("tiny").model.num_layers
+    L = presets.get_inpaint_preset("tiny").model.num_layers
     assert set(metrics["models"]) == {"constrained", "standard", "noisy", "untrained"}
     c = metrics["models"]["constrained"]
     assert len(c["clean"]["psnr"]) == L + 1 and len(c["clean"]["desc_z"]) == L
@@ -344,11 +345,11 @@ def test_reproduce_inpaint_resume_reuses_finished_work(reproduced, cache_dir):
 
 
 def test_presets_round_trip():
-    for name in I.PRESETS:
-        p = I.get_preset(name)
-        assert I.InpaintPreset.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+    for name in presets.INPAINT_PRESETS:
+        p = presets.get_inpaint_preset(name)
+        assert presets.InpaintPreset.from_dict(json.loads(json.dumps(p.to_dict()))) == p
         assert p.glow_config().image_size == p.data.image_size
-    paper = I.get_preset("paper")
+    paper = presets.get_inpaint_preset("paper")
     assert (paper.data.image_size, paper.data.hole, paper.model.levels, paper.model.steps, paper.model.hidden) == \
         (64, 24, 4, 18, 512)
     assert (paper.train.lr, paper.train.batch_size, paper.train.lr_dual, paper.method.eps) == (1e-5, 8, 1e-3, 0.05)

@@ -32,3 +32,14 @@ def test_readme_training_example_runs(tmp_path, monkeypatch):
     assert len(namespace["history"]) == 2
     assert all(row[f"nu_{l}"] >= 0 for row in namespace["history"] for l in range(1, 11))
     assert (tmp_path / "runs" / "c" / "last.pt").exists()
+
+
+def test_readme_commands_write_fresh_folders_under_runs():
+    """The README's `sdu-ext` commands never rewrite the committed reports in docs/results/."""
+    commands = [line for block in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+                for line in block.splitlines() if "sdu-ext" in line]
+    main = [c for c in commands if "reproduce lista --preset quick" in c]
+    assert main and "--out runs/lista_quick" in main[0]
+    for command in commands:
+        out = re.search(r"--out (\S+)", command)
+        assert out is None or out.group(1).startswith("runs/"), command

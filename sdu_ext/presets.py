@@ -1,52 +1,70 @@
-"""Named configurations of the LISTA reproduction (``sdu-ext reproduce lista --preset NAME``).
+"""Named configurations of the reproductions (``sdu-ext reproduce lista|inpaint --preset NAME``).
 
-A :class:`Preset` bundles a :class:`~sdu_ext.problems.datasets.DatasetConfig` (the
-sparse-coding problem and its splits), a :class:`ModelConfig` (the LISTA network), a :class:`MethodConfig` (descent
-constraints and training noise), a :class:`~sdu_ext.train.TrainConfig` and an
-:class:`EvalConfig`. The CLI fills the run-specific fields (seed, device, directories)
-and nothing else reads globals.
+A LISTA :class:`Preset` bundles a :class:`~sdu_ext.problems.datasets.DatasetConfig` (the
+sparse-coding problem and its splits), a :class:`ModelConfig` (the LISTA network), a
+:class:`MethodConfig` (descent constraints and training noise), a
+:class:`~sdu_ext.train.TrainConfig` and an :class:`EvalConfig`. An :class:`InpaintPreset`
+does the same for GLOW-Prox inpainting (:class:`ProxModelConfig`, :class:`PretrainConfig`,
+:class:`ProxMethodConfig`, :class:`ProxEvalConfig`). The CLI fills the run-specific fields
+(seed, device, directories) and nothing else reads globals.
 
-Presets:
+LISTA presets (:data:`PRESETS`, :func:`get_preset`):
 - ``tiny``: seconds; for tests (n=20, m=40, L=4).
 - ``quick``: the README's main command, at most 10 minutes on 2 CPU cores.
 - ``synthetic``: the standard benchmark (n=250, m=500, L=16) trained to convergence (hours on CPU).
 - ``paper``: the research code's LISTA setting: image patches (n=1024, m=1228, alpha=0.5),
   ``paper`` initialisation, Adam 1e-5, batch 512, dual step once per epoch (a GPU job).
+
+Inpainting presets (:data:`INPAINT_PRESETS`, :func:`get_inpaint_preset`): ``tiny``, ``quick``
+(<= 15 minutes on 2 CPU cores) and ``paper`` (the research sizes, a GPU job).
 """
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Dict, Optional
 
-from .checks import check_choice, check_int
-from .evaluate.robustness import SHIFTS, SIGMAS
+from .checks import check_choice, check_int, check_real
+from .flows import GlowConfig
 from .problems.datasets import DatasetConfig
+from .problems.inpainting import InpaintingConfig
+from .reference import FORMS
 from .train import TrainConfig
+from .train.config import check_eps
 from .train.constraints import RESIDUALS
+
+__all__ = ["VARIANTS", "LABELS", "NOISE_RULES", "SIGMAS", "SHIFTS", "PS", "PresetBase", "ModelConfig",
+           "MethodConfig", "EvalConfig", "Preset", "PRESETS", "get_preset", "ProxModelConfig", "PretrainConfig",
+           "ProxMethodConfig", "ProxEvalConfig", "InpaintPreset", "INPAINT_PRESETS", "get_inpaint_preset"]
 
 NOISE_RULES = ("log_gradient", "fixed")
 # The three networks of a reproduction, LISTA and GLOW-Prox alike.
-VARIANTS = {  # report name -> (trainer mode, trains with noise)
+VARIANTS = {  # variant name -> (trainer mode, trains with noise)
     "constrained": ("constrained", True),
-    "standard": ("unconstrained", False),
+    "standard": ("standard", False),
     "noisy": ("noisy", True),
 }
-LABELS = {"constrained": "constrained", "standard": "standard", "noisy": "standard + noise"}
+LABELS = {"constrained": "constrained", "standard": "standard", "noisy": "standard + noise",
+          "untrained": "untrained (pretrained Glow)"}
+# The levels of the robustness protocols (SPEC sections 5 and 6): LISTA's perturbation sweep
+# (sigma) and OOD shift (p), GLOW-Prox's perturbation sweep (p).
+SIGMAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+SHIFTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+PS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 class PresetBase:
     """JSON round trip of a preset dataclass (:class:`Preset`,
-    :class:`sdu_ext.inpaint.InpaintPreset`): fields that are dataclasses nest, the
+    :class:`InpaintPreset`): fields that are dataclasses nest, the
     ``train`` field is a :class:`~sdu_ext.train.TrainConfig`."""
 
-    def to_dict(self):
+    def to_dict(self) -> Dict[str, Any]:
         """JSON-friendly nested dict (tuples become lists)."""
         d = dataclasses.asdict(self)
         d["train"] = self.train.to_dict()
         return d
 
     @classmethod
-    def from_dict(cls, d):
+    def from_dict(cls, d: Dict[str, Any]):
         """Inverse of :meth:`to_dict` (lists inside the nested configurations become tuples);
         a missing ``description`` is empty, a missing configuration takes its default."""
         types = typing.get_type_hints(cls)
@@ -137,7 +155,7 @@ class Preset(PresetBase):
     train: TrainConfig
     evaluation: EvalConfig = field(default_factory=EvalConfig)
 
-    def sizes(self):
+    def sizes(self) -> Dict[str, int]:
         """``{"n", "m", "num_layers"}``: what a checkpoint must match."""
         return {"n": self.data.n, "m": self.data.m, "num_layers": self.model.num_layers}
 
@@ -186,7 +204,170 @@ def _paper():
 PRESETS = {"quick": _quick, "synthetic": _synthetic, "paper": _paper, "tiny": _tiny}
 
 
-def get_preset(name):
-    """A fresh :class:`Preset` by name; ValueError naming the choices for an unknown one."""
+def get_preset(name: str) -> Preset:
+    """A fresh LISTA :class:`Preset` by name; ValueError naming the choices for an unknown one."""
     check_choice(name, "preset", PRESETS)
     return PRESETS[name]()
+
+
+# ---------------------------------------------------------------- inpainting (GLOW-Prox)
+
+@dataclass
+class ProxModelConfig:
+    """GLOW-Prox: ``num_layers`` untied layers, initial ``mu`` and ``lam``; every layer's Glow
+    has ``levels`` x ``steps`` flow steps with ``hidden`` coupling channels."""
+
+    num_layers: int = 5
+    mu: float = 1.0
+    lam: float = 0.1
+    levels: int = 2
+    steps: int = 4
+    hidden: int = 64
+
+    def __post_init__(self):
+        for k in ("num_layers", "levels", "steps", "hidden"):
+            check_int(getattr(self, k), k)
+        check_real(self.mu, "mu")
+        check_real(self.lam, "lam")
+
+
+@dataclass
+class PretrainConfig:
+    """Maximum-likelihood pretraining of one Glow on the clean training images, copied into
+    every layer (``epochs=0``: no pretraining, every layer's Glow starts at random)."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+
+    def __post_init__(self):
+        check_int(self.epochs, "epochs", 0)
+        check_int(self.batch_size, "batch_size")
+        check_real(self.lr, "lr", strict=True)
+
+
+@dataclass
+class ProxMethodConfig:
+    """Descent constraints of the constrained network (SPEC section 5) and the training noise.
+
+    form, eps: :class:`~sdu_ext.train.DescentConstraints` of both groups (grad_x, grad_z).
+    first_layer: constraints on layers first_layer..L (SPEC: 2).
+    noise_sigma: the training noise, a random unit-norm direction times
+        ``noise_sigma / (l + 1)`` before layers 1..L-1 (both noisy networks train with it).
+    step_lr: learning rate of the step sizes mu_l and lambda_l (their softplus parameters),
+        or None for the weights' ``train.lr`` (the research code: one rate for everything).
+        Adam moves a parameter by about lr per step, so at lr 1e-4 the step sizes would
+        barely move in a short run.
+    """
+
+    form: str = "ratio_of_means"
+    eps: float = 0.05
+    first_layer: int = 2
+    noise_sigma: float = 1.0
+    step_lr: Optional[float] = None
+
+    def __post_init__(self):
+        check_choice(self.form, "form", FORMS)
+        self.eps = check_eps(self.eps)
+        check_int(self.first_layer, "first_layer")
+        check_real(self.noise_sigma, "noise_sigma")
+        if self.step_lr is not None:
+            check_real(self.step_lr, "step_lr", strict=True)
+
+
+@dataclass
+class ProxEvalConfig:
+    """Evaluation protocol: ``ps`` the perturbation sweep levels, ``noise_sigma`` the
+    between-layer noise of the "under noise" metrics, ``batch_size`` the chunk size and
+    ``grid_images`` the number of test images shown in the PNG grids."""
+
+    ps: tuple = PS
+    noise_sigma: float = 1.0
+    batch_size: int = 64
+    grid_images: int = 6
+
+    def __post_init__(self):
+        self.ps = tuple(float(p) for p in self.ps)
+        for p in self.ps:
+            check_real(p, "ps")
+        if not self.ps:
+            raise ValueError("ps: expected at least one perturbation level, got none")
+        check_real(self.noise_sigma, "noise_sigma")
+        check_int(self.batch_size, "batch_size")
+        check_int(self.grid_images, "grid_images", 0)
+
+
+@dataclass
+class InpaintPreset(PresetBase):
+    """A named, complete configuration of the inpainting reproduction."""
+
+    name: str
+    description: str
+    data: InpaintingConfig
+    model: ProxModelConfig
+    pretrain: PretrainConfig
+    method: ProxMethodConfig
+    train: TrainConfig
+    evaluation: ProxEvalConfig = field(default_factory=ProxEvalConfig)
+
+    def __post_init__(self):
+        if self.method.first_layer > self.model.num_layers:
+            raise ValueError(f"first_layer: expected at most num_layers = {self.model.num_layers}, "
+                             f"got {self.method.first_layer}")
+        self.glow_config()  # validates the image size against the Glow levels
+
+    def glow_config(self) -> GlowConfig:
+        """The :class:`~sdu_ext.flows.GlowConfig` of every layer."""
+        m, d = self.model, self.data
+        return GlowConfig(in_channels=d.channels, image_size=d.image_size, levels=m.levels, steps=m.steps,
+                          hidden=m.hidden)
+
+    def sizes(self) -> Dict[str, int]:
+        """What a checkpoint must match: image shape, hole and network sizes."""
+        d, m = self.data, self.model
+        return {"channels": d.channels, "image_size": d.image_size, "hole": d.hole,
+                "num_layers": m.num_layers, "levels": m.levels, "steps": m.steps, "hidden": m.hidden}
+
+
+def _inpaint_tiny():
+    return InpaintPreset(
+        name="tiny", description="seconds-long smoke test (16 x 16 grayscale, L=3, a 1-level Glow); for tests",
+        data=InpaintingConfig(image_size=16, channels=1, bits=5, n_train=24, n_val=8, n_test=8),
+        model=ProxModelConfig(num_layers=3, levels=1, steps=1, hidden=8),
+        pretrain=PretrainConfig(epochs=1, batch_size=8, lr=1e-3),
+        method=ProxMethodConfig(step_lr=1e-2),
+        train=TrainConfig(epochs=2, batch_size=8, lr=1e-3, lr_dual=1e-3),
+        evaluation=ProxEvalConfig(ps=(0.0, 2.0, 8.0), batch_size=8, grid_images=2))
+
+
+def _inpaint_quick():
+    return InpaintPreset(
+        name="quick", description="32 x 32 RGB 5-bit crops, L=5, a small Glow pretrained briefly, 4 epochs with "
+                                  "larger learning rates than the research (<= 15 minutes on 2 CPU cores)",
+        data=InpaintingConfig(image_size=32, channels=3, bits=5, n_train=768, n_val=64, n_test=192),
+        model=ProxModelConfig(num_layers=5, mu=1.0, lam=0.1, levels=2, steps=4, hidden=32),
+        pretrain=PretrainConfig(epochs=15, batch_size=32, lr=1e-3),
+        method=ProxMethodConfig(step_lr=1e-2),
+        train=TrainConfig(epochs=4, batch_size=8, lr=1e-4, lr_dual=1e-2),
+        evaluation=ProxEvalConfig(batch_size=64, grid_images=6))
+
+
+def _inpaint_paper():
+    return InpaintPreset(
+        name="paper", description="the research sizes: 64 x 64 RGB 5-bit, 24 x 24 hole, Glow 4 levels x 18 steps "
+                                  "x 512 channels, Adam 1e-5, batch 8 (a GPU job)",
+        data=InpaintingConfig(image_size=64, channels=3, bits=5, n_train=1200, n_val=100, n_test=200),
+        model=ProxModelConfig(num_layers=5, mu=1.0, lam=0.1, levels=4, steps=18, hidden=512),
+        pretrain=PretrainConfig(epochs=200, batch_size=16, lr=1e-4),
+        method=ProxMethodConfig(),
+        train=TrainConfig(epochs=100, batch_size=8, lr=1e-5, lr_dual=1e-3),
+        evaluation=ProxEvalConfig(batch_size=16))
+
+
+INPAINT_PRESETS = {"quick": _inpaint_quick, "paper": _inpaint_paper, "tiny": _inpaint_tiny}
+
+
+def get_inpaint_preset(name: str) -> InpaintPreset:
+    """A fresh :class:`InpaintPreset` by name; ValueError naming the choices for an unknown one."""
+    check_choice(name, "preset", INPAINT_PRESETS)
+    return INPAINT_PRESETS[name]()

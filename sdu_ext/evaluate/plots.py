@@ -3,9 +3,14 @@
 Every function takes ``results``: a dict model name -> the dict returned by
 :func:`~sdu_ext.evaluate.layer_metrics`, :func:`~sdu_ext.evaluate.perturbation_sweep`
 or :func:`~sdu_ext.evaluate.ood_shift`, writes one PNG to ``path`` and returns the path.
+The inpainting plots (``plot_psnr_*``, ``plot_residual_descending``, the image grids) take
+the dicts of :mod:`sdu_ext.evaluate.inpainting`.
 """
 import math
 import os
+
+__all__ = ["plot_layers", "plot_descending", "plot_sweep", "plot_ood", "plot_history", "plot_psnr_layers",
+           "plot_residual_descending", "plot_psnr_sweep", "save_grid", "layer_grid"]
 
 
 def _figure(ncols=1, width=5.0, height=3.6):
@@ -117,3 +122,94 @@ def plot_history(histories, path, key="val_loss"):
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+# ---------------------------------------------------------------- inpainting
+
+def plot_psnr_layers(results, path):
+    """PSNR and SSIM per layer (two PNG panels side by side)."""
+    fig, (ax_p, ax_s) = _figure(2)
+    for i, (name, m) in enumerate(results.items()):
+        layers = list(range(len(m["psnr"])))
+        ax_p.plot(layers, m["psnr"], label=name, **_style(i))
+        ax_s.plot(layers, m["ssim"], label=name, **_style(i))
+    ax_p.set(xlabel="layer l (0 = masked input)", ylabel="PSNR (dB)", title="PSNR per layer")
+    ax_s.set(xlabel="layer l (0 = masked input)", ylabel="SSIM", title="SSIM per layer")
+    for ax in (ax_p, ax_s):
+        ax.grid(alpha=0.3)
+    ax_p.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_residual_descending(results, path, title):
+    """Grouped bars of the descending frequency of ||grad_x f|| and ||grad_z f|| per layer."""
+    fig, axes = _figure(2, width=5.5)
+    names = list(results)
+    k = max(len(names), 1)
+    width = 0.8 / k
+    for ax, key, label in zip(axes, ("desc_x", "desc_z"), ("||grad_x f||", "||grad_z f|| = ||z_top||")):
+        for i, name in enumerate(names):
+            d = results[name][key]
+            ax.bar([l + 1 + (i - (k - 1) / 2) * width for l in range(len(d))], d, width=width, label=name)
+        ax.axhline(1.0, color="k", lw=0.6, ls=":")
+        ax.set(xlabel="layer l", ylabel="fraction with r_l < r_(l-1)", ylim=(0, 1.05), title=f"{title}: {label}")
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+def plot_psnr_sweep(results, path):
+    """Final PSNR and SSIM against the perturbation level p."""
+    fig, (ax_p, ax_s) = _figure(2)
+    for i, (name, s) in enumerate(results.items()):
+        ax_p.plot(s["p"], s["psnr"], label=name, **_style(i))
+        ax_s.plot(s["p"], s["ssim"], label=name, **_style(i))
+    first = next(iter(results.values()), None)
+    if first is not None:  # p = 0 leaves the image exact (infinite PSNR): not drawn
+        pts = [(p, v) for p, v in zip(first["p"], first["psnr_input"]) if p > 0]
+        if pts:
+            ax_p.plot(*zip(*pts), color="gray", lw=0.8, ls=":", label="perturbed image itself")
+    ax_p.set(xlabel="p (norm of the perturbation)", ylabel="final PSNR vs clean (dB)", title="perturbation sweep")
+    ax_s.set(xlabel="p (norm of the perturbation)", ylabel="final SSIM vs clean", title="perturbation sweep")
+    for ax in (ax_p, ax_s):
+        ax.grid(alpha=0.3)
+    ax_p.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _imshow(ax, img):
+    img = img.detach().cpu().clamp(0, 1)
+    if img.shape[0] == 1:
+        ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def save_grid(path, columns, title=None):
+    """A PNG grid: ``columns`` is a list of ``(label, images (N, C, H, W))``, one column each,
+    one row per image. Returns the path."""
+    n = columns[0][1].shape[0]
+    ncols = len(columns)
+    fig, _ = _figure(1, width=1.1 * ncols, height=1.1 * n + (0.4 if title else 0.2))
+    fig.clear()
+    axes = fig.subplots(n, ncols, squeeze=False)
+    for j, (label, imgs) in enumerate(columns):
+        for i in range(n):
+            _imshow(axes[i][j], imgs[i])
+        axes[0][j].set_title(label, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    return _save(fig, path)
+
+
+def layer_grid(path, model, data, images, batch_size=64, title=None):
+    """clean | masked | layer 1 .. L of a GLOW-Prox ``model`` on the first ``images`` test
+    images of ``data`` (an :class:`~sdu_ext.problems.inpainting.InpaintingData`)."""
+    from .inpainting import run_iterates
+
+    y, x = data.pairs("test")
+    it, _ = run_iterates(model, y[:images], batch_size=batch_size)
+    cols = [("clean", x[:images]), ("masked", y[:images])] + [(f"layer {l}", it[l]) for l in range(1, it.shape[0])]
+    return save_grid(path, cols, title)

@@ -10,7 +10,7 @@ how a network is parametrised, so every model here is perturbed in one *referenc
 domain* of scale ``domain_scale`` (default 100, the research calibration): y_0 is drawn
 there and divided by it, and the noise hook runs on ``y * k``, ``xs * k`` with
 ``k = domain_scale / model.scale`` and its output is divided by k
-(:class:`RescaledNoise`). For ``paper`` LISTA k = 1 and this is the research rule
+(:class:`~sdu_ext.models.noise.RescaledNoise`). For ``paper`` LISTA k = 1 and this is the research rule
 exactly (its default initial point is the sigma = 1 draw); for ``ista`` LISTA (scale 1)
 it is the same physical perturbation. In the unscaled domain, sigma = 1 then adds about
 ``0.01 * log(100 ||grad g||)`` per coordinate.
@@ -22,17 +22,14 @@ reported here separately as ``*_old`` for comparison).
 Random draws come from ``torch.Generator`` objects seeded from ``seed`` and the index
 of the sigma (or p), so every model sees the same draws: the comparison is paired.
 """
-import numbers
-
 import torch
-from torch import nn
 
 from .. import ops
-from ..models import LogGradientNoise
+from ..models.noise import RescaledNoise, log_gradient_noise
 from .metrics import layer_metrics, nmse_db, run_iterates
 
-SIGMAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
-SHIFTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+__all__ = ["RescaledNoise", "log_gradient_noise", "seeded_generator", "perturbed_iterates", "layer_descending",
+           "perturbation_sweep", "shift_signals", "shifted_data", "ood_shift"]
 
 try:
     from tqdm.auto import tqdm
@@ -40,7 +37,9 @@ except ImportError:  # pragma: no cover - tqdm is a dependency
     tqdm = None
 
 
-def _generator(seed, index, device="cpu"):
+def seeded_generator(seed: int, index: int, device="cpu") -> torch.Generator:
+    """The generator of draw number ``index`` of a protocol seeded by ``seed``
+    (``seed * 1000003 + index``): every model sees the same draws."""
     return torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + int(index))
 
 
@@ -48,46 +47,6 @@ def _bar(items, desc, progress):
     if progress and tqdm is not None:
         return tqdm(items, desc=desc, leave=False, dynamic_ncols=True)
     return items
-
-
-class RescaledNoise(nn.Module):
-    """A noise hook applied in a domain ``factor`` times the model's:
-    ``noise(l, y, xs) = inner(l, factor * y, factor * xs) / factor``.
-
-    Args:
-        inner: a noise hook (e.g. :class:`~sdu_ext.models.LogGradientNoise`).
-        factor: positive scale; 1 returns ``inner``'s output unchanged.
-    ``generator`` is the inner hook's (so the trainer seeds and checkpoints it).
-    Call: ``(layer, y (B, m), xs (B, n)) -> (B, m)``.
-    """
-
-    def __init__(self, inner, factor):
-        super().__init__()
-        if not callable(inner):
-            raise ValueError(f"inner: expected a noise hook (callable), got {type(inner).__name__}")
-        if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not factor > 0:
-            raise ValueError(f"factor: expected a positive number, got {factor!r}")
-        self.inner = inner
-        self.factor = float(factor)
-
-    @property
-    def generator(self):
-        return getattr(self.inner, "generator", None)
-
-    def forward(self, layer, y, xs):
-        if self.factor == 1.0:
-            return self.inner(layer, y, xs)
-        return self.inner(layer, y * self.factor, xs * self.factor) / self.factor
-
-    def extra_repr(self):
-        return f"factor={self.factor:g}"
-
-
-def log_gradient_noise(model, sigma, negative="clamp", domain_scale=100.0, generator=None):
-    """The research noise ``sigma * log ||D^T (D y - xs)|| * N(0, I)`` for ``model``, computed
-    in the reference domain of scale ``domain_scale`` (see the module docstring)."""
-    inner = LogGradientNoise(model.D, sigma=sigma, negative=negative, generator=generator)
-    return RescaledNoise(inner, domain_scale / model.scale)
 
 
 def _summary(metrics):
@@ -149,7 +108,7 @@ def layer_descending(iterates, outputs, y_star):
     return (after < before).to(torch.float64).mean(dim=1)
 
 
-def perturbation_sweep(model, x, y_star, sigmas=SIGMAS, *, seed=0, negative="clamp", domain_scale=100.0,
+def perturbation_sweep(model, x, y_star, sigmas, *, seed=0, negative="clamp", domain_scale=100.0,
                        batch_size=1024, progress=False):
     """The perturbation sweep (SPEC section 6 (a) and (c)) of one model.
 
@@ -169,7 +128,7 @@ def perturbation_sweep(model, x, y_star, sigmas=SIGMAS, *, seed=0, negative="cla
     """
     rows = []
     for i, sigma in enumerate(_bar(list(sigmas), "perturbation sweep", progress)):
-        it, out = perturbed_iterates(model, x, float(sigma), _generator(seed, i), negative, domain_scale,
+        it, out = perturbed_iterates(model, x, float(sigma), seeded_generator(seed, i), negative, domain_scale,
                                      batch_size, return_outputs=True)
         m = layer_metrics(it, x, y_star, model.problem)
         rows.append({**_summary(m), "distance_mean": m["distance_mean"], "descending": m["descending"],
@@ -185,14 +144,14 @@ def shift_signals(x, p, generator, clip=(0.0, 1.0)):
     return shifted if clip is None else shifted.clamp(float(clip[0]), float(clip[1]))
 
 
-def shifted_data(x, solve, shifts=SHIFTS, *, seed=0, clip=(0.0, 1.0), progress=False):
+def shifted_data(x, solve, shifts, *, seed=0, clip=(0.0, 1.0), progress=False):
     """The OOD test sets, computed once and shared by every model.
 
     ``solve(x (N, n)) -> y* (N, m)`` is the reference LASSO solver. Returns a list of
     ``{"p", "x", "y_star"}`` (shift p number i drawn with ``seed * 1000003 + i``)."""
     out = []
     for i, p in enumerate(_bar(list(shifts), "OOD optima", progress)):
-        xs = shift_signals(x, float(p), _generator(seed, i), clip)
+        xs = shift_signals(x, float(p), seeded_generator(seed, i), clip)
         out.append({"p": float(p), "x": xs, "y_star": solve(xs)})
     return out
 
@@ -209,7 +168,7 @@ def ood_shift(model, shifted, y_star_clean=None, *, generator_seed=0, batch_size
     """
     rows = []
     for i, s in enumerate(shifted):
-        it = run_iterates(model, s["x"], generator=_generator(generator_seed, i), batch_size=batch_size)
+        it = run_iterates(model, s["x"], generator=seeded_generator(generator_seed, i), batch_size=batch_size)
         m = layer_metrics(it, s["x"], s["y_star"], model.problem)
         row = {**_summary(m), "reference_l1_mean": m["l1_star"], "distance_mean": m["distance_mean"],
                "descending": m["descending"]}

@@ -19,11 +19,19 @@ generator's device and is moved to y's, so a CPU generator reproduces the same
 noise for CPU and CUDA models. ``torch.compile(fullgraph=True)`` cannot trace a
 ``torch.Generator``: compile with ``generator=None`` (the global RNG) or accept a
 graph break.
+
+:class:`RescaledNoise` runs a hook in another domain than the model's and
+:func:`log_gradient_noise` builds the research LISTA noise in the reference domain of
+the robustness protocol (see :mod:`sdu_ext.evaluate.robustness`); training and
+evaluation both use them.
 """
 import numbers
+from typing import Callable, Optional
 
 import torch
 from torch import nn
+
+__all__ = ["NEGATIVE", "FixedNoise", "LogGradientNoise", "RescaledNoise", "log_gradient_noise"]
 
 NEGATIVE = ("clamp", "abs")
 
@@ -124,3 +132,45 @@ class LogGradientNoise(nn.Module):
 
     def extra_repr(self):
         return f"sigma={self.sigma:g}, negative={self.negative!r}"
+
+
+class RescaledNoise(nn.Module):
+    """A noise hook applied in a domain ``factor`` times the model's:
+    ``noise(l, y, xs) = inner(l, factor * y, factor * xs) / factor``.
+
+    Args:
+        inner: a noise hook (e.g. :class:`LogGradientNoise`).
+        factor: positive scale; 1 returns ``inner``'s output unchanged.
+    ``generator`` is the inner hook's (so the trainer seeds and checkpoints it).
+    Call: ``(layer, y (B, m), xs (B, n)) -> (B, m)``.
+    """
+
+    def __init__(self, inner: Callable, factor: float):
+        super().__init__()
+        if not callable(inner):
+            raise ValueError(f"inner: expected a noise hook (callable), got {type(inner).__name__}")
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not factor > 0:
+            raise ValueError(f"factor: expected a positive number, got {factor!r}")
+        self.inner = inner
+        self.factor = float(factor)
+
+    @property
+    def generator(self) -> Optional[torch.Generator]:
+        return getattr(self.inner, "generator", None)
+
+    def forward(self, layer: int, y: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+        if self.factor == 1.0:
+            return self.inner(layer, y, xs)
+        return self.inner(layer, y * self.factor, xs * self.factor) / self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor:g}"
+
+
+def log_gradient_noise(model: nn.Module, sigma: float, negative: str = "clamp", domain_scale: float = 100.0,
+                       generator: Optional[torch.Generator] = None) -> RescaledNoise:
+    """The research noise ``sigma * log ||D^T (D y - xs)|| * N(0, I)`` for ``model`` (a LISTA-like
+    model with ``D`` (n, m) and ``scale``), computed in the reference domain of scale
+    ``domain_scale`` (:mod:`sdu_ext.evaluate.robustness` explains the domain)."""
+    inner = LogGradientNoise(model.D, sigma=sigma, negative=negative, generator=generator)
+    return RescaledNoise(inner, domain_scale / model.scale)

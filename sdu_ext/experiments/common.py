@@ -1,0 +1,289 @@
+"""What every experiment shares: the run options, the one :func:`train_variant`, checkpoint
+reading and the checks of a run's output folder, device and epochs.
+
+An experiment (:mod:`~sdu_ext.experiments.lista`, :mod:`~sdu_ext.experiments.inpaint`) fills
+in an :class:`Experiment`: how to build its model, its training noise and its constraints,
+and what its training summary adds. :func:`train_variant` then trains any of the variants
+of :data:`sdu_ext.presets.VARIANTS` the same way for both.
+"""
+import abc
+import dataclasses
+import os
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..presets import LABELS, VARIANTS
+from ..train import PrimalDualTrainer, load_checkpoint
+from .report import copy_logs, start_report
+
+REPORT_FILES = ("config.json", "metrics.json", "report.md", "checkpoints")  # what a previous reproduction left
+
+__all__ = ["CLIError", "Interrupted", "RunOptions", "Experiment", "train_variant", "train_variants", "check_out",
+           "start_reproduction", "check_data_cache",
+           "check_device", "apply_epochs", "read_checkpoint", "load_weights"]
+
+
+class CLIError(Exception):
+    """A usage error reported as ``sdu-ext: error: <message>`` with exit status 2."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training: ``epoch`` (1-based, the epoch in progress) of ``epochs``, in the
+    training run of ``variant``."""
+
+    def __init__(self, epoch: int, epochs: int, variant: str):
+        super().__init__(f"interrupted at epoch {epoch} of {epochs} ({variant})")
+        self.epoch, self.epochs, self.variant = epoch, epochs, variant
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """The options of one command that are not part of a preset (the CLI fills them).
+
+    out: the run or report folder. seed: seeds the initial weights, the training and every
+    evaluation draw (the data set is fixed by the preset). device: a torch device name.
+    progress: progress bars. data_cache: the data set cache folder (None: ``$SDU_EXT_CACHE``
+    or ``~/.cache/sdu_ext``). resume: continue the runs in ``out``. overwrite: replace a
+    previous run in ``out``. epochs: override the preset's number of epochs. threads: the
+    torch CPU threads (only stated in a report's command line; the CLI sets them).
+    """
+
+    out: Optional[str] = None
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
+    data_cache: Optional[str] = None
+    resume: bool = False
+    overwrite: bool = False
+    epochs: Optional[int] = None
+    threads: Optional[int] = None
+
+
+class Experiment(abc.ABC):
+    """The parts of one experiment that :func:`train_variant` needs, for one ``preset``.
+
+    ``format``: the checkpoint metadata format of the experiment; ``resume_sections``: the
+    preset sections a resumed run must share with the checkpoint it continues.
+    """
+
+    format: str = ""
+    resume_sections: Tuple[str, ...] = ("data", "model", "method")
+
+    def __init__(self, preset):
+        self.preset = preset
+
+    @abc.abstractmethod
+    def build_model(self, seed: int) -> nn.Module:
+        """The untrained network; its random draws are seeded by ``seed``."""
+
+    @abc.abstractmethod
+    def build_noise(self, model: nn.Module, seed: int) -> Callable:
+        """The training noise hook of ``model`` (its generator seeded by ``seed``)."""
+
+    @abc.abstractmethod
+    def constraints(self, model: nn.Module):
+        """The :class:`~sdu_ext.train.DescentConstraints` (one or a list) of ``model``."""
+
+    @abc.abstractmethod
+    def splits(self) -> Tuple[Any, Any]:
+        """``(train, val)`` in the form :class:`~sdu_ext.train.PrimalDualTrainer` takes."""
+
+    def trainer_options(self, model: nn.Module, config) -> Dict[str, Any]:
+        """Extra keyword arguments of the trainer (``loss``, ``optimizer``, ...)."""
+        return {}
+
+    def metadata(self, variant: str) -> Dict[str, Any]:
+        """What a checkpoint records about its run (read back by the ``eval`` commands)."""
+        return {"format": self.format, "preset": self.preset.to_dict(), "variant": variant,
+                "sizes": self.preset.sizes()}
+
+    def summary(self, model: nn.Module, trainer: PrimalDualTrainer, history: List[dict], mode: str
+                ) -> Dict[str, Any]:
+        """The experiment's own entries of a training summary (multipliers, step sizes, ...)."""
+        return {}
+
+
+def _differences(old: Any, new: Any, where: str = "") -> List[str]:
+    """``"section.field: old -> new"`` for every leaf where the nested dicts ``old`` and ``new`` differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in list(new) + [k for k in old if k not in new]:
+            out += _differences(old.get(k), new.get(k), f"{where}.{k}" if where else str(k))
+        return out
+    return [] if old == new else [f"{where}: {old!r} -> {new!r}"]
+
+
+def _check_resumable(last: str, experiment: Experiment, variant: str, run_dir: str) -> None:
+    """CLIError naming what differs when ``last`` cannot be continued as ``variant`` of the preset."""
+    meta = load_checkpoint(last).get("metadata") or {}
+    afresh = f"pass --overwrite instead of --resume to start {run_dir!r} afresh"
+    old_variant = meta.get("variant", variant)
+    if old_variant != variant:
+        raise CLIError(f"resume: {last!r} holds the {old_variant!r} network, not {variant!r}; {afresh}")
+    old, new = meta.get("preset", {}), experiment.preset.to_dict()
+    diff = [d for k in experiment.resume_sections for d in _differences(old.get(k), new[k], k)]
+    if diff:
+        raise CLIError(f"resume: {last!r} was trained with other settings than preset {experiment.preset.name!r} "
+                       f"({'; '.join(diff)}); {afresh}")
+
+
+def _epoch_in_progress(last: str, epochs: int) -> int:
+    """The 1-based epoch a run was in when it stopped: one after the last checkpoint's."""
+    try:
+        done = int(load_checkpoint(last)["epoch"]) if os.path.isfile(last) else 0
+    except Exception:  # noqa: BLE001 - only used for a message
+        done = 0
+    return max(1, min(done + 1, epochs))
+
+
+def train_variant(experiment: Experiment, variant: str, run_dir: str, *, seed: int = 0, device: str = "cpu",
+                  resume: bool = False, progress: bool = True) -> Tuple[nn.Module, Dict[str, Any], List[dict]]:
+    """Train one network of the comparison into ``run_dir`` (checkpoints and logs).
+
+    ``variant``: a key of :data:`sdu_ext.presets.VARIANTS` (``"constrained"``, ``"standard"``
+    or ``"noisy"``). Every variant starts from the weights ``experiment.build_model(seed)``
+    and sees the same batches. Returns ``(model, summary, history)`` with the best weights
+    loaded, in eval mode; ``summary`` holds the epochs, the best epoch, the best validation
+    loss, the wall-clock seconds of this call and the experiment's own entries
+    (:meth:`Experiment.summary`). ``resume`` continues ``run_dir/last.pt`` when it exists;
+    a checkpoint of another variant or configuration raises CLIError naming what differs.
+    Ctrl-C raises :class:`Interrupted` (the last checkpoint stays intact).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: expected one of {', '.join(map(repr, VARIANTS))}, got {variant!r}")
+    mode, noisy = VARIANTS[variant]
+    last = os.path.join(run_dir, "last.pt")
+    if resume and os.path.isfile(last):
+        _check_resumable(last, experiment, variant, run_dir)
+    torch.manual_seed(seed)
+    model = experiment.build_model(seed)
+    noise = experiment.build_noise(model, seed) if noisy else None
+    cfg = dataclasses.replace(experiment.preset.train, mode=mode, seed=seed, device=device, checkpoint_dir=run_dir,
+                              log_dir=run_dir, progress=progress, tensorboard=False)
+    train, val = experiment.splits()
+    trainer = PrimalDualTrainer(model, train, val, cfg, experiment.constraints(model), noise=noise,
+                                metadata=experiment.metadata(variant), **experiment.trainer_options(model, cfg))
+    t0 = time.perf_counter()
+    try:
+        history = trainer.fit(resume=resume)
+    except KeyboardInterrupt:
+        raise Interrupted(_epoch_in_progress(last, cfg.epochs), cfg.epochs, variant) from None
+    except ValueError as e:
+        if str(e).startswith("resume:"):
+            raise CLIError(f"{e}; pass --overwrite instead of --resume to start {run_dir!r} afresh") from e
+        raise
+    summary = {"epochs": len(history), "best_epoch": trainer.best_epoch, "best_val_loss": trainer.best_loss,
+               "seconds": time.perf_counter() - t0,
+               "train_seconds_logged": float(sum(r.get("time_s", 0.0) for r in history))}
+    summary.update(experiment.summary(model, trainer, history, mode))
+    model.eval()
+    return model, summary, history
+
+
+def train_variants(experiment: Experiment, out: str, options: RunOptions, device: str, timing: Dict[str, Any]
+                   ) -> Tuple[Dict[str, Tuple[nn.Module, Dict[str, Any]]], Dict[str, List[dict]], bool]:
+    """Every variant of a reproduction, trained by :func:`train_variant` into
+    ``out/checkpoints/<variant>`` with its logs copied to ``out/runs/<variant>``; each one's
+    seconds go into ``timing``. Returns ``(trained, histories, resumed)``: variant ->
+    ``(model, summary)``, label -> history, and whether some run continued a checkpoint."""
+    trained, histories, resumed = {}, {}, False
+    for variant in VARIANTS:
+        run_dir = os.path.join(out, "checkpoints", variant)
+        resumed |= options.resume and os.path.isfile(os.path.join(run_dir, "last.pt"))
+        t0 = time.perf_counter()
+        model, summary, history = train_variant(experiment, variant, run_dir, seed=options.seed, device=device,
+                                                resume=options.resume, progress=options.progress)
+        timing[f"train_{variant}_seconds"] = time.perf_counter() - t0
+        trained[variant] = (model, summary)
+        histories[LABELS[variant]] = history
+        copy_logs(run_dir, os.path.join(out, "runs", variant))
+    return trained, histories, resumed
+
+
+# ---------------------------------------------------------------- options
+
+def start_reproduction(kind: str, preset, options: RunOptions) -> Tuple[Any, str, str]:
+    """``(preset, device, out)`` of ``sdu-ext reproduce <kind>``: the preset with
+    ``options.epochs`` applied, the checked device, and the report folder (``options.out``,
+    default ``runs/<kind>_<preset>``) made with its ``.gitignore`` and ``config.json``."""
+    preset = apply_epochs(preset, options.epochs)
+    device = check_device(options.device)
+    out = check_out(options.out or os.path.join("runs", f"{kind}_{preset.name}"), resume=options.resume,
+                    overwrite=options.overwrite, markers=REPORT_FILES)
+    start_report(preset, out)
+    return preset, device, out
+
+
+def check_out(out: Optional[str], *, resume: bool, overwrite: bool, markers: Sequence[str]) -> str:
+    """The output folder ``out`` of a run, made if missing. CLIError when it is empty or a
+    file, or when it holds a previous run (any of ``markers``) and neither ``resume`` nor
+    ``overwrite`` says what to do with it."""
+    if not out:
+        raise CLIError(f"--out: expected a folder path, got {out!r}")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CLIError(f"--out: expected a folder, got the file {out!r}")
+    found = [m for m in markers if os.path.exists(os.path.join(out, m))]
+    if found and not (resume or overwrite):
+        raise CLIError(f"--out: {out!r} holds a previous run ({', '.join(found)}); pass --resume to continue it "
+                       "or --overwrite to replace it")
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+def check_data_cache(path: Optional[str]) -> Optional[str]:
+    """``path`` unless it is empty or a file (CLIError); None keeps the default cache."""
+    if path is not None and (not path or (os.path.exists(path) and not os.path.isdir(path))):
+        raise CLIError(f"--data-cache: expected a folder path, got {'the file ' if path else ''}{path!r}")
+    return path
+
+
+def check_device(name: str) -> str:
+    """The torch device ``name`` as a string; CLIError when it is not a device or not visible."""
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise CLIError(f"--device: expected a torch device such as 'cpu' or 'cuda', got {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device: {name!r} requested but no CUDA device is visible")
+    return str(dev)
+
+
+def apply_epochs(preset, epochs: Optional[int]):
+    """``preset`` with ``train.epochs`` replaced by ``epochs`` (None keeps it; CLIError when negative)."""
+    if epochs is not None:
+        if epochs < 0:
+            raise CLIError(f"--epochs: expected an integer >= 0, got {epochs}")
+        preset.train = dataclasses.replace(preset.train, epochs=epochs)
+    return preset
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def read_checkpoint(path: str, kind: str) -> Tuple[str, Dict[str, Any]]:
+    """``(file, state)`` of the checkpoint ``path`` (a file, or a run directory holding
+    ``best.pt`` or ``last.pt``) written by ``sdu-ext <kind> train``; CLIError otherwise."""
+    hint = f"(train one with `sdu-ext {kind} train --out DIR`)"
+    if os.path.isdir(path):
+        found = [os.path.join(path, n) for n in ("best.pt", "last.pt") if os.path.isfile(os.path.join(path, n))]
+        if not found:
+            raise CLIError(f"checkpoint: no best.pt or last.pt in the directory {path!r} {hint}")
+        path = found[0]
+    elif not os.path.isfile(path):
+        raise CLIError(f"checkpoint: no file at {path!r} {hint}")
+    try:
+        return path, load_checkpoint(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise CLIError(str(e)) from e
+
+
+def load_weights(model: nn.Module, weights: Dict[str, torch.Tensor], path: str, preset, device: str) -> nn.Module:
+    """``model`` with the state dict ``weights`` of the checkpoint ``path``, on ``device`` in
+    eval mode; CLIError when they do not fit (another size than ``preset``'s)."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CLIError(f"checkpoint: the weights in {path!r} do not fit preset {preset.name!r}: {e}") from e
+    return model.to(device).eval()

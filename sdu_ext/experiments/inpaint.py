@@ -1,0 +1,422 @@
+"""The GLOW-Prox inpainting experiment (SPEC section 5): constrained vs standard vs
+standard-with-noise GLOW-Prox, and the untrained network.
+
+Its shape, shared with :mod:`sdu_ext.experiments.lista`:
+
+- config: an :class:`~sdu_ext.presets.InpaintPreset` (:func:`~sdu_ext.presets.get_inpaint_preset`);
+- data: :func:`prepare_data` (an :class:`~sdu_ext.problems.inpainting.InpaintingData`), and one
+  Glow pretrained by maximum likelihood on the clean training images (:func:`pretrain_glow`);
+- variants: :class:`InpaintExperiment` copies that Glow into every layer of each network and
+  builds its noise (:class:`~sdu_ext.models.UnitDirectionNoise`) and its two constraint groups
+  (:func:`constraint_groups`);
+- train: :func:`~sdu_ext.experiments.common.train_variant`, the same for every experiment;
+- evaluate: :func:`evaluate_model` (:mod:`sdu_ext.evaluate.inpainting`: clean, under noise, sweep);
+- claims: :func:`~sdu_ext.experiments.claims.assess_inpaint_claims`;
+- report: :func:`~sdu_ext.experiments.report.write_inpaint_report` and image grids.
+
+Entry points (``sdu-ext inpaint train|eval`` and ``sdu-ext reproduce inpaint``): :func:`train`,
+:func:`evaluate`, :func:`reproduce`.
+
+Training reuses :class:`~sdu_ext.train.PrimalDualTrainer` with two
+:class:`~sdu_ext.train.DescentConstraints` groups, both ``ratio_of_means`` on layers 2..L:
+``grad_x`` (r = ||200 A^T (A x_l - y)||, :meth:`GlowProx.data_residual`) and ``grad_z``
+(r = ||z_top,l||, :meth:`GlowProx.latent_residual`). The per-sample task loss is the MSE of
+the last layer's image to the clean image (:func:`mse_loss`). Layer 1 is not constrained:
+its initial point is the masked image, whose data residual is 0.
+
+``reproduce`` writes a report folder: ``report.md``, ``metrics.json``, ``config.json``,
+``plots/*.png`` (metrics and image grids), ``runs/<model>/history.*`` and, ignored by git
+through a generated ``.gitignore``, ``checkpoints/`` (``glow/glow.pt`` and
+``<model>/{best,last}.pt``). ``resume`` continues killed runs and reuses finished ones and
+the pretrained Glow.
+
+Seeds: the data set is fixed by the preset; the run's seed seeds the Glow, the training
+(shuffling, noise) and every evaluation draw.
+"""
+import dataclasses
+import os
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..evaluate import inpainting as metrics
+from ..presets import InpaintPreset, get_inpaint_preset
+from ..train import DescentConstraints
+from ..train.checkpoint import atomic_save, atomic_write_json
+from . import claims, report
+from .common import (CLIError, Experiment, RunOptions, apply_epochs, check_data_cache, check_device, check_out,
+                     load_weights, read_checkpoint, start_reproduction, train_variant, train_variants)
+from .report import fmt, json_safe, label, table
+
+__all__ = ["FORMAT", "GLOW_FORMAT", "prepare_data", "mse_loss", "build_model", "build_noise", "constraint_groups",
+           "load_glow", "pretrain_glow", "optimizer_factory", "InpaintExperiment", "load_model", "evaluate_model",
+           "train", "evaluate", "reproduce"]
+
+FORMAT = "sdu_ext.inpaint/1"             # the checkpoint metadata format of GLOW-Prox runs
+GLOW_FORMAT = "sdu_ext.inpaint.glow/1"   # the file of a pretrained Glow
+RUN_FILES = ("last.pt", "best.pt", "history.csv", "glow.pt")                # a previous `inpaint train` run
+
+
+# ---------------------------------------------------------------- data
+
+def prepare_data(preset: InpaintPreset, cache_dir: Optional[str] = None, device: str = "cpu"):
+    """The :class:`~sdu_ext.problems.inpainting.InpaintingData` of ``preset.data`` (through
+    the on-disk cache, ``cache_dir`` default ``$SDU_EXT_CACHE`` or ``~/.cache/sdu_ext``) on ``device``."""
+    from ..problems import inpainting
+
+    data = inpainting.load(preset.data, cache_dir=cache_dir)
+    if device != "cpu":
+        data = dataclasses.replace(data, train=data.train.to(device), val=data.val.to(device),
+                                   test=data.test.to(device), mask=data.mask.to(device))
+    return data
+
+
+# ---------------------------------------------------------------- variants
+
+def mse_loss(output: torch.Tensor, batch) -> torch.Tensor:
+    """The task loss per sample: mean squared error of ``output`` (B, C, H, W) to the clean
+    images ``batch[1]`` (B, C, H, W) -> (B,)."""
+    return (output - batch[1]).pow(2).flatten(1).mean(dim=1)
+
+
+def build_model(preset: InpaintPreset, mask: torch.Tensor, glow: Optional[nn.Module] = None, seed: int = 0
+                ) -> nn.Module:
+    """GLOW-Prox of ``preset.model`` on ``mask`` (1, S, S); every layer's Glow copies ``glow``
+    when given, else starts from a random draw seeded by ``seed``."""
+    from ..models import GlowProx
+
+    m = preset.model
+    torch.manual_seed(seed)
+    return GlowProx(preset.glow_config(), mask, m.num_layers, mu=m.mu, lam=m.lam, pretrained=glow)
+
+
+def build_noise(sigma: float, seed: int) -> nn.Module:
+    """The between-layer noise (:class:`~sdu_ext.models.UnitDirectionNoise`) with its own generator."""
+    from ..models import UnitDirectionNoise
+
+    return UnitDirectionNoise(sigma, generator=torch.Generator().manual_seed(seed))
+
+
+def constraint_groups(model: nn.Module, method) -> List[DescentConstraints]:
+    """The two descent-constraint groups of ``model`` (names ``grad_x`` and ``grad_z``)."""
+    layers = list(range(method.first_layer, model.num_layers + 1))
+    return [DescentConstraints(model.data_residual, method.form, eps=method.eps, layers=layers, name="grad_x"),
+            DescentConstraints(model.latent_residual, method.form, eps=method.eps, layers=layers, name="grad_z")]
+
+
+def _glow_key(preset, data, seed):
+    from ..flows import Glow
+
+    return {"data": data.config.key(), "glow": dataclasses.asdict(preset.glow_config()), "version": Glow.VERSION,
+            "pretrain": dataclasses.asdict(preset.pretrain), "seed": seed}
+
+
+def load_glow(path: str, preset: InpaintPreset, data, seed: int = 0, device: str = "cpu") -> Tuple[nn.Module, dict]:
+    """The Glow pretrained into ``path`` by :func:`pretrain_glow` as ``(glow, info)``; ValueError
+    naming ``path`` when the file is missing, unreadable, or was pretrained with another data
+    set, Glow size or version (:attr:`~sdu_ext.flows.Glow.VERSION`), pretraining configuration
+    or seed."""
+    from ..flows import Glow
+
+    if not os.path.isfile(path):
+        raise ValueError(f"glow: no pretrained Glow at {path!r}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling raises many kinds
+        raise ValueError(f"glow: {path!r} is not a readable pretrained Glow ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or state.get("format") != GLOW_FORMAT:
+        raise ValueError(f"glow: {path!r} is not a pretrained Glow written by sdu_ext.inpaint")
+    if state.get("key") != _glow_key(preset, data, seed):
+        raise ValueError(f"glow: {path!r} was pretrained with another data set, Glow size or version, pretraining "
+                         f"configuration or seed than preset {preset.name!r} with seed {seed}")
+    glow = Glow(preset.glow_config())
+    glow.load_state_dict(state["model"])
+    return glow.to(device), dict(state["info"], seconds=0.0, reused=True)
+
+
+def pretrain_glow(preset: InpaintPreset, data, path: Optional[str] = None, *, reuse: bool = False, seed: int = 0,
+                  device: str = "cpu", progress: bool = False) -> Tuple[Optional[nn.Module], Optional[dict]]:
+    """One Glow trained by maximum likelihood on ``data.train`` (``preset.pretrain``), or
+    ``(None, None)`` when ``preset.pretrain.epochs == 0``. With ``path`` the result is written
+    there atomically; with ``reuse`` a matching file there (:func:`load_glow`) is loaded instead
+    of training.
+
+    Returns ``(glow, info)``; ``info`` holds the per-epoch history, the test bits/dim (bin
+    centres, n_bins = 2^bits), the seconds of training (0 when reused) and ``reused``."""
+    from ..flows import Glow, bits_per_dim, train_glow
+
+    if preset.pretrain.epochs == 0:
+        return None, None
+    if reuse and path is not None and os.path.isfile(path):
+        try:
+            return load_glow(path, preset, data, seed, device)
+        except ValueError:
+            pass  # another configuration: pretrain afresh and overwrite
+    torch.manual_seed(seed)
+    glow = Glow(preset.glow_config())
+    pc = preset.pretrain
+    t0 = time.perf_counter()
+    history = train_glow(glow, data.train, epochs=pc.epochs, batch_size=pc.batch_size, lr=pc.lr, seed=seed,
+                         n_bins=data.config.n_bins, progress=progress, device=device)
+    seconds = time.perf_counter() - t0
+    glow.eval()
+    with torch.no_grad():
+        test = data.test.to(device)
+        bpd = float(torch.cat([bits_per_dim(glow, test[i:i + 256], data.config.n_bins, dequantize=False)
+                               for i in range(0, test.shape[0], 256)]).mean()) if test.shape[0] else None
+    info = {"history": history, "test_bits_per_dim": bpd, "seconds": seconds, "reused": False}
+    if path is not None:
+        atomic_save({"format": GLOW_FORMAT, "key": _glow_key(preset, data, seed),
+                     "model": {k: v.cpu() for k, v in glow.state_dict().items()}, "info": info}, path)
+    return glow, info
+
+
+def optimizer_factory(model: nn.Module, train, method) -> Callable:
+    """``factory(params) -> torch.optim`` optimizer of ``train.optimizer``: the step sizes
+    (``mu_raw``, ``lam_raw``) at ``method.step_lr`` and the other parameters at ``train.lr``,
+    in two parameter groups (one group when ``step_lr`` is None)."""
+    cls = getattr(torch.optim, train.optimizer)
+    steps = {id(p) for layer in model.layers for p in (layer.mu_raw, layer.lam_raw)}
+
+    def make(params):
+        params = list(params)
+        if method.step_lr is None:
+            return cls(params, lr=train.lr, **train.optimizer_kwargs)
+        weights = [p for p in params if id(p) not in steps]
+        sizes = [p for p in params if id(p) in steps]
+        groups = [g for g in ({"params": weights}, {"params": sizes, "lr": method.step_lr}) if g["params"]]
+        return cls(groups, lr=train.lr, **train.optimizer_kwargs)
+
+    return make
+
+
+
+class InpaintExperiment(Experiment):
+    """The GLOW-Prox networks of ``preset`` on ``data``, every layer's Glow copied from ``glow``
+    (None: random Glows seeded by the run's seed)."""
+
+    format = FORMAT
+    resume_sections = ("data", "model", "pretrain", "method")
+
+    def __init__(self, preset: InpaintPreset, data, glow: Optional[nn.Module] = None):
+        super().__init__(preset)
+        self.data, self.glow = data, glow
+
+    def build_model(self, seed):
+        return build_model(self.preset, self.data.mask, self.glow, seed)
+
+    def build_noise(self, model, seed):
+        return build_noise(self.preset.method.noise_sigma, seed)
+
+    def constraints(self, model):
+        return constraint_groups(model, self.preset.method)
+
+    def splits(self):
+        return self.data.pairs("train"), self.data.pairs("val")
+
+    def trainer_options(self, model, config):
+        return {"loss": mse_loss, "optimizer": optimizer_factory(model, config, self.preset.method)}
+
+    def summary(self, model, trainer, history, mode):
+        layers = trainer.constrained_layers()["grad_x"]
+        out = {"constrained_layers": layers, "mu": model.mu.tolist(), "lam": model.lam.tolist(),
+               "overflows": model.overflows}
+        if mode == "constrained":
+            out["multipliers"] = {k: v.tolist() for k, v in trainer.multipliers.items()}
+            out["max_multipliers"] = {g: [max([float(r.get(f"{g}_nu_{l}", 0.0)) for r in history] or [0.0])
+                                          for l in layers] for g in ("grad_x", "grad_z")}
+        else:
+            out["multipliers"] = out["max_multipliers"] = None
+        return out
+
+
+def _sizes_text(s):
+    return ", ".join(f"{k}={v}" for k, v in s.items())
+
+
+def load_model(path: str, preset: Optional[InpaintPreset] = None, device: str = "cpu"
+               ) -> Tuple[nn.Module, InpaintPreset, str]:
+    """A GLOW-Prox checkpoint written by ``sdu-ext inpaint`` (``best.pt``/``last.pt`` or a run
+    directory) as ``(model, preset, variant)``. ``preset`` must match the sizes the
+    checkpoint was trained for; without it the preset stored in the checkpoint is used."""
+    from ..problems.inpainting import central_mask
+
+    path, state = read_checkpoint(path, "inpaint")
+    meta = state.get("metadata") or {}
+    if meta.get("format") != FORMAT:
+        raise CLIError(f"checkpoint: {path!r} is not a GLOW-Prox checkpoint written by `sdu-ext inpaint` "
+                       f"(metadata format {meta.get('format')!r}, expected {FORMAT!r})")
+    stored = InpaintPreset.from_dict(meta["preset"])
+    if preset is None:
+        preset = stored
+    if preset.sizes() != stored.sizes():
+        raise CLIError(f"checkpoint: {path!r} was trained for another size ({_sizes_text(stored.sizes())}); "
+                       f"preset {preset.name!r} has {_sizes_text(preset.sizes())}")
+    mask = central_mask(preset.data.image_size, preset.data.hole)
+    model = load_weights(build_model(preset, mask), state["model"], path, preset, device)
+    return model, preset, meta.get("variant", "unknown")
+
+
+def _glow(preset, data, path, glow_file, options, device):
+    """The pretrained Glow: ``glow_file`` if given (must match the preset and seed), else
+    pretrained into ``path`` (reused from there with ``options.resume``)."""
+    if glow_file is not None:
+        if preset.pretrain.epochs == 0:
+            raise CLIError(f"--glow: preset {preset.name!r} does not pretrain a Glow (pretrain.epochs = 0)")
+        try:
+            return load_glow(glow_file, preset, data, options.seed, device)
+        except ValueError as e:
+            raise CLIError(f"--glow: {str(e).removeprefix('glow: ')}") from e
+    return pretrain_glow(preset, data, path, reuse=options.resume, seed=options.seed, device=device,
+                         progress=options.progress)
+
+
+# ---------------------------------------------------------------- evaluate
+
+def evaluate_model(model: nn.Module, data, ev, seed: int, first_layer: int) -> Dict[str, Any]:
+    """Clean per-layer metrics, metrics under between-layer noise and the perturbation sweep."""
+    return {"clean": metrics.evaluate_clean(model, data, ev.batch_size),
+            "under_noise": metrics.evaluate_under_noise(model, data, ev.noise_sigma, seed, ev.batch_size),
+            "sweep": metrics.perturbation_sweep(model, data, ev.ps, seed, first_layer, ev.batch_size)}
+
+
+# ---------------------------------------------------------------- entry points
+
+def _preset(preset: Union[str, InpaintPreset, None]) -> Optional[InpaintPreset]:
+    return get_inpaint_preset(preset) if isinstance(preset, str) else preset
+
+
+def train(preset: Union[str, InpaintPreset], variant: str, options: RunOptions, glow: Optional[str] = None) -> int:
+    """``sdu-ext inpaint train``: one GLOW-Prox network into ``options.out`` (resumable); its Glow
+    is pretrained first into ``out/glow.pt``, or read from the file ``glow``."""
+    preset = apply_epochs(_preset(preset), options.epochs)
+    device = check_device(options.device)
+    out = check_out(options.out, resume=options.resume, overwrite=options.overwrite, markers=RUN_FILES)
+    data = prepare_data(preset, check_data_cache(options.data_cache), device)
+    pretrained, _ = _glow(preset, data, os.path.join(out, "glow.pt"), glow, options, device)
+    _, summary, _ = train_variant(InpaintExperiment(preset, data, pretrained), variant, out, seed=options.seed,
+                                  device=device, resume=options.resume, progress=options.progress)
+    print(f"trained {label(variant)} GLOW-Prox ({preset.name}): best epoch {summary['best_epoch']}, validation MSE "
+          f"{fmt(summary['best_val_loss'], 5)}; checkpoints in {out}")
+    return 0
+
+
+def evaluate(checkpoint: str, preset: Union[str, InpaintPreset, None], options: RunOptions) -> int:
+    """``sdu-ext inpaint eval``: per-layer metrics and the perturbation sweep of a checkpoint
+    (printed; with ``options.out`` also ``eval.json``, plots and an image grid there)."""
+    from ..evaluate import plots
+
+    device = check_device(options.device)
+    model, preset, variant = load_model(checkpoint, _preset(preset), device)
+    data = prepare_data(preset, check_data_cache(options.data_cache), device)
+    ev = preset.evaluation
+    res = evaluate_model(model, data, ev, options.seed, preset.method.first_layer)
+    m = res["clean"]
+    print(f"{label(variant)} GLOW-Prox ({preset.name}), {m['count']} test images")
+    print(table(["layer", "MSE", "PSNR dB", "SSIM", "desc. grad_x", "desc. grad_z"],
+                [[str(l), fmt(m["mse"][l], 4), fmt(m["psnr"][l]), fmt(m["ssim"][l], 3),
+                  "" if l == 0 else fmt(m["desc_x"][l - 1]), "" if l == 0 else fmt(m["desc_z"][l - 1])]
+                 for l in range(len(m["mse"]))], escape=False))
+    sw = res["sweep"]
+    print("perturbation sweep")
+    print(table(["p", "PSNR of x~", "final PSNR", "final SSIM"],
+                [[f"{p:g}", fmt(a), fmt(b), fmt(c, 3)] for p, a, b, c in
+                 zip(sw["p"], sw["psnr_input"], sw["psnr"], sw["ssim"])], escape=False))
+    out = options.out
+    if out:
+        atomic_write_json(json_safe({"checkpoint": checkpoint, "variant": variant, "preset": preset.name, **res}),
+                          os.path.join(out, "eval.json"))
+        plots.plot_psnr_layers({variant: m}, os.path.join(out, "layers.png"))
+        plots.plot_psnr_sweep({variant: sw}, os.path.join(out, "sweep.png"))
+        plots.layer_grid(os.path.join(out, "grid.png"), model, data, ev.grid_images, ev.batch_size,
+                         title=f"{label(variant)}")
+        print(f"wrote {out}/eval.json, layers.png, sweep.png, grid.png")
+    return 0
+
+
+def _grids(pdir, nets, data, ev, seed):
+    """The PNG image grids of a reproduction: each network's layers, the final layers side by
+    side, and the final layers under the largest perturbation. Returns that perturbation."""
+    from ..evaluate import plots
+
+    L = next(iter(nets.values())).num_layers
+    for k, model in nets.items():
+        plots.layer_grid(os.path.join(pdir, f"grid_{k}.png"), model, data, ev.grid_images, ev.batch_size,
+                         title=f"{label(k)}: clean | masked | layers 1..{L}")
+    n = ev.grid_images
+    y, x = data.pairs("test")
+    finals = [(label(k).split(" (")[0], metrics.run_iterates(m, y[:n], batch_size=ev.batch_size)[0][-1])
+              for k, m in nets.items()]
+    plots.save_grid(os.path.join(pdir, "grid_final.png"), [("clean", x[:n]), ("masked", y[:n])] + finals,
+                    "final layer of each network")
+    grid_p = max(ev.ps)
+    xp = metrics.perturb(x[:n], grid_p, torch.Generator().manual_seed(seed * 1000 + len(ev.ps)))
+    yp = data.measure(xp)
+    finals = [(label(k).split(" (")[0], metrics.run_iterates(m, yp, batch_size=ev.batch_size)[0][-1])
+              for k, m in nets.items()]
+    plots.save_grid(os.path.join(pdir, "grid_perturbed.png"), [("clean", x[:n]), (f"x~ masked, p={grid_p:g}", yp)]
+                    + finals, f"perturbation p = {grid_p:g}: final layer of each network")
+    return grid_p
+
+
+def reproduce(preset: Union[str, InpaintPreset], options: RunOptions) -> int:
+    """``sdu-ext reproduce inpaint``: pretrain the Glow, train, evaluate and report the comparison
+    into ``options.out`` (default ``runs/inpaint_<preset>``); see the module docstring."""
+    from ..evaluate import plots
+
+    t_start = time.perf_counter()
+    preset, device, out = start_reproduction("inpaint", _preset(preset), options)
+    progress = options.progress
+    timing = {}
+
+    t0 = time.perf_counter()
+    data = prepare_data(preset, check_data_cache(options.data_cache), device)
+    timing["data_seconds"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    glow, glow_info = _glow(preset, data, os.path.join(out, "checkpoints", "glow", "glow.pt"), None, options, device)
+    timing["glow_pretrain_seconds"] = time.perf_counter() - t0
+    resumed = bool(glow_info and glow_info.get("reused"))
+    experiment = InpaintExperiment(preset, data, glow)
+
+    trained, histories, resumed_runs = train_variants(experiment, out, options, device, timing)
+    resumed |= resumed_runs
+    untrained = build_model(preset, data.mask, glow, options.seed).to(device).eval()
+
+    t0 = time.perf_counter()
+    ev, first = preset.evaluation, preset.method.first_layer
+    nets = {k: m for k, (m, _) in trained.items()} | {"untrained": untrained}
+    models = {}
+    for k, model in tqdm(nets.items(), desc="evaluate", disable=not progress, leave=False):
+        models[k] = evaluate_model(model, data, ev, options.seed, first)
+        if k in trained:
+            models[k]["train"] = trained[k][1]
+    timing["evaluate_seconds"] = time.perf_counter() - t0
+
+    verdicts = claims.assess_inpaint_claims(models, first, preset.method.eps)
+
+    t0 = time.perf_counter()
+    pdir = os.path.join(out, "plots")
+    labelled = {label(k): v for k, v in models.items()}
+    plots.plot_psnr_layers({k: v["clean"] for k, v in labelled.items()}, os.path.join(pdir, "layers.png"))
+    plots.plot_residual_descending({label(k): models[k]["clean"] for k in trained},
+                                   os.path.join(pdir, "descending.png"), "clean")
+    plots.plot_residual_descending({label(k): models[k]["under_noise"] for k in trained},
+                                   os.path.join(pdir, "descending_noise.png"), f"noise {ev.noise_sigma:g}")
+    plots.plot_psnr_sweep({k: v["sweep"] for k, v in labelled.items()}, os.path.join(pdir, "sweep.png"))
+    plots.plot_history(histories, os.path.join(pdir, "val_loss.png"))
+    grid_p = _grids(pdir, nets, data, ev, options.seed)
+    timing["plots_seconds"] = time.perf_counter() - t0
+    timing["total_seconds"] = time.perf_counter() - t_start
+    timing["resumed"] = bool(resumed)
+
+    results = {"format": FORMAT, "preset": preset.to_dict(), "seed": options.seed, "machine": report.machine_info(),
+               "data": {"train": int(data.train.shape[0]), "val": int(data.val.shape[0]),
+                        "test": int(data.test.shape[0]), "info": data.info, "config_key": data.config.key()},
+               "glow": glow_info, "timing": timing, "claims": verdicts, "grid_p": grid_p, "models": models}
+    report.write_inpaint_report(out, preset, results, report.report_command("inpaint", preset, options, out),
+                                claims.inpaint_reading(preset, results))
+    return report.finish_report(out, results)

@@ -1,0 +1,417 @@
+"""Report and table helpers of the experiments, and the two report writers.
+
+Every report folder written by ``sdu-ext reproduce`` has the same parts: ``report.md``
+(head with the command and machine, setup, the claims table and its reading, per-layer
+tables, robustness tables, training, timing, files), ``metrics.json`` (every number of the
+report, :func:`finish_report`), ``config.json`` (the preset), ``plots/`` and
+``runs/<network>/history.{csv,json}``; checkpoints and caches stay out of git through a
+generated ``.gitignore`` (:func:`start_report`).
+"""
+import datetime
+import math
+import os
+import platform
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from ..presets import LABELS, VARIANTS
+from ..train.checkpoint import atomic_write_json, atomic_write_text
+
+__all__ = ["GITIGNORE", "fmt", "table", "label", "json_safe", "machine_info", "layers_table", "per_layer_table",
+           "report_head", "report_claims", "report_tail", "start_report", "copy_logs", "report_command",
+           "finish_report", "write_lista_report", "write_inpaint_report"]
+
+GITIGNORE = "# written by `sdu-ext reproduce`: large and machine-specific\ncheckpoints/\ncache/\n"
+
+
+# ---------------------------------------------------------------- text
+
+def fmt(v: Optional[float], digits: int = 2) -> str:
+    """A number for a table: fixed point, scientific when tiny or huge, "-" for None."""
+    if v is None:
+        return "-"
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    a = abs(v)
+    if a != 0 and (a >= 1e5 or a < 1e-3):
+        return f"{v:.{digits}e}"
+    return f"{v:.{digits}f}"
+
+
+def _cell(c):
+    return str(c).replace("|", "\\|")
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence], escape: bool = True) -> str:
+    """A markdown table; ``escape`` protects pipes inside cells (off for the terminal)."""
+    cell = _cell if escape else str
+    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def label(name: str) -> str:
+    """The report label of a network (``"noisy"`` -> ``"standard + noise"``)."""
+    return LABELS.get(name, name)
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with non-finite floats as strings ("inf", "nan"): valid JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def layers_table(results: Dict[str, Dict[str, list]], escape: bool = True) -> str:
+    """Markdown table: descending frequency and NMSE per layer, one column pair per model."""
+    names = list(results)
+    L = len(next(iter(results.values()))["descending"])
+    header = ["layer"] + [f"desc. freq. {n}" for n in names] + [f"NMSE dB {n}" for n in names]
+    rows = []
+    for l in range(L + 1):
+        row = [str(l) if l else "0 (init)"]
+        row += ["" if l == 0 else fmt(results[n]["descending"][l - 1]) for n in names]
+        row += [fmt(results[n]["nmse_db"][l]) for n in names]
+        rows.append(row)
+    return table(header, rows, escape)
+
+
+def per_layer_table(models: Dict[str, Dict[str, list]], keys: Sequence[str], labels: Sequence[str], digits: int = 2,
+                    layers_only: bool = False) -> str:
+    """Rows l = 0..L (1..L with ``layers_only``); a key with L+1 values is per iterate, one
+    with L values per layer (empty in row 0)."""
+    names = list(models)
+    header = ["layer"] + [f"{lab} {label(n)}" for lab in labels for n in names]
+    L = len(models[names[0]]["desc_x"])
+    rows = []
+    for l in range(1 if layers_only else 0, L + 1):
+        row = [str(l) if l else "0 (input)"]
+        for k in keys:
+            for n in names:
+                v = models[n][k]
+                i = l if len(v) == L + 1 else l - 1
+                row.append(fmt(v[i], digits) if i >= 0 else "")
+        rows.append(row)
+    return table(header, rows)
+
+
+# ---------------------------------------------------------------- report parts
+
+def machine_info() -> Dict[str, Any]:
+    """Where a report was made: platform, Python, torch, CPUs, threads and the date."""
+    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+            "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")}
+
+
+def report_head(title: str, command: str, results: Dict[str, Any]) -> List[str]:
+    """The lines of a report up to its setup: the title and how, where and how fast it was made."""
+    mach, timing = results["machine"], results["timing"]
+    return [f"# {title}", "",
+            f"Generated by `{command}` on {mach['date']} ({mach['platform']}, {mach['cpu_count']} CPUs, "
+            f"{mach['threads']} torch thread{'s' if mach['threads'] != 1 else ''}, torch {mach['torch']}); "
+            f"this invocation took {timing['total_seconds']:.0f} s wall-clock"
+            + (" (it resumed earlier work, so this is not the cost of a fresh run)" if timing.get("resumed") else "")
+            + ". Generated by the command; do not edit by hand.", "",
+            "## Setup", ""]
+
+
+def report_claims(claims: List[Dict[str, str]], reading: List[str]) -> List[str]:
+    """The lines of a report's claims table and its plain-language reading (paragraphs)."""
+    return ["## The paper's claims", "",
+            table(["claim", "verdict", "evidence"], [[r["claim"], f"**{r['verdict']}**", r["evidence"]]
+                                                      for r in claims]), "",
+            "## Reading", ""] + [p + "\n" for p in reading]
+
+
+def report_tail(timing: Dict[str, Any], kept: str) -> List[str]:
+    """The last lines of a report: the timing table and the files, ``kept`` saying which
+    files stay out of git."""
+    return ["## Timing", "",
+            table(["phase", "seconds"], [[k.replace("_seconds", ""), f"{v:.1f}"]
+                                          for k, v in timing.items() if k.endswith("_seconds")]), "",
+            "## Files", "",
+            "`metrics.json` (every number above), `config.json` (the preset), `plots/`, "
+            "`runs/<network>/history.{csv,json}` (per-epoch logs). " + kept, ""]
+
+
+def start_report(preset, out: str) -> str:
+    """Make the report folder ``out`` with its ``.gitignore`` and ``config.json`` (the preset)."""
+    os.makedirs(out, exist_ok=True)
+    atomic_write_text(GITIGNORE, os.path.join(out, ".gitignore"))
+    atomic_write_json(preset.to_dict(), os.path.join(out, "config.json"))
+    return out
+
+
+def copy_logs(run_dir: str, log_dir: str) -> None:
+    """Copy a training run's ``history.{csv,json}`` from ``run_dir`` into the report's ``log_dir``."""
+    for name in ("history.csv", "history.json"):
+        with open(os.path.join(run_dir, name), "rb") as f:
+            atomic_write_text(f.read().decode("utf-8"), os.path.join(log_dir, name))
+
+
+def report_command(kind: str, preset, options, out: str) -> str:
+    """The command line a report states: ``sdu-ext reproduce <kind>`` with the options that change it
+    (``options`` a :class:`~sdu_ext.experiments.common.RunOptions`)."""
+    return f"sdu-ext reproduce {kind} --preset {preset.name}" + (f" --seed {options.seed}" if options.seed else "") \
+        + (f" --epochs {options.epochs}" if options.epochs is not None else "") \
+        + (f" --threads {options.threads}" if options.threads is not None else "") + f" --out {out}"
+
+
+def finish_report(out: str, results: Dict[str, Any]) -> int:
+    """Write ``metrics.json`` (after ``report.md``) and print where the report is and its verdicts; returns 0."""
+    atomic_write_json(json_safe(results), os.path.join(out, "metrics.json"))
+    print(f"report: {os.path.join(out, 'report.md')} ({results['timing']['total_seconds']:.0f} s)")
+    for r in results["claims"]:
+        print(f"  [{r['verdict']}] {r['claim']}: {r['evidence']}")
+    return 0
+
+
+# ---------------------------------------------------------------- the two reports
+
+def write_lista_report(out: str, preset, data, results: Dict[str, Any], command: str, reading: List[str]) -> None:
+    """``report.md`` of a LISTA reproduction from the ``metrics.json`` content ``results``;
+    ``data`` is the :class:`~sdu_ext.experiments.lista.LassoData`, ``reading`` the plain-language
+    paragraphs (:func:`~sdu_ext.experiments.claims.lista_reading`)."""
+    models, base, timing = results["models"], results["baselines"], results["timing"]
+    names = list(models)
+    lab = {k: LABELS[k] for k in names}
+    d, mc, me, tc, ev = preset.data, preset.model, preset.method, preset.train, preset.evaluation
+    setup = [f"- Data: `{d.name}`, n = {d.n}, m = {d.m}, alpha = {d.alpha:g}"
+             + (f", code density {d.density:g}" + (f", SNR {d.snr_db:g} dB" if d.snr_db is not None else "")
+                if d.name == "synthetic" else f", dictionary `{d.dictionary}`")
+             + f"; {data.train[0].shape[0]} training / {data.val[0].shape[0]} validation / "
+               f"{data.test[0].shape[0]} test samples (data seed {d.seed}); y* = "
+             + (f"the LASSO optimum, certified to a relative duality gap of {d.tol:g} (`solve_lasso`). "
+                if d.reference == "solve_lasso" else f"{d.ista_steps} ISTA steps (the research code's). ")
+             + (f"Dropped samples with y* = 0: {data.info['dropped_zero_optimum']}." if data.info.get(
+                 "dropped_zero_optimum") else ""),
+             f"- Network: LISTA, L = {mc.num_layers} untied layers" if not mc.tied else
+             f"- Network: LISTA, L = {mc.num_layers} tied layers",
+             f"  (`{mc.init}` initialisation); the three networks start from the same weights (seed "
+             f"{results['seed']}) and see the same batches.",
+             f"- constrained: loss on the last layer + one descent constraint per layer, residual "
+             f"`{me.residual}`, form `{me.form}`, eps = {me.eps:g}, primal-dual training; noise between layers "
+             f"during training ({me.noise}, sigma = {me.noise_sigma:g}).",
+             "- standard: loss on the last layer only, no noise.",
+             "- standard + noise: loss on the last layer only, the same training noise.",
+             f"- Training: {tc.epochs} epochs, batch {tc.batch_size}, {tc.optimizer} lr {tc.lr:g}, dual lr "
+             f"{tc.lr_dual:g} (step every {tc.dual_every}); the weights with the best noise-free validation "
+             "loss are kept.",
+             "- Metrics (test set): NMSE = 10 log10(sum ||y_l - y*||^2 / sum ||y*||^2) over the test set; "
+             "descending frequency of layer l = fraction of samples with ||y_l - y*|| < ||y_(l-1) - y*||.",
+             f"- Perturbation sweep: y_0 ~ N(0, sigma^2 I) and noise sigma * log||grad g|| * N(0, I) after "
+             f"every layer but the last, both in the reference domain of scale {ev.domain_scale:g} (the research "
+             "code's x100 domain) for every network.",
+             "- OOD shift: x~ = x + p N(0, I)" + (f" clipped to [{ev.ood_clip[0]:g}, {ev.ood_clip[1]:g}]"
+                                                  if ev.ood_clip else " (not clipped: these signals are not in "
+                                                                       "[0, 1])")
+             + ", scored against the optimum y~* of the shifted signals.", ""]
+    lines = report_head(f"LISTA reproduction: preset `{preset.name}`", command, results) + setup \
+        + report_claims(results["claims"], reading)
+    lines += ["## Per layer, clean test set", "",
+              layers_table({lab[k]: models[k]["clean"] for k in names} | {k: v for k, v in base.items()}), "",
+              "![per-layer distance and NMSE](plots/layers.png)", "",
+              "![descending frequency](plots/descending.png)", ""]
+    rows = []
+    for k in names + list(base):
+        m = models[k]["clean"] if k in models else base[k]
+        t = models[k]["train"] if k in models else None
+        rows.append([lab.get(k, k), fmt(m["nmse_db"][-1]),
+                     f"{fmt(m['distance_mean'][-1], 3)} ± {fmt(m['distance_std'][-1], 3)}",
+                     fmt(m["objective_gap"][-1], 4), fmt(m["l1_mean"][-1]), fmt(m["l1_star"]),
+                     "-" if t is None else str(t["best_epoch"]),
+                     "-" if t is None else f"{t['seconds']:.0f}"])
+    lines += ["## Final layer, clean test set", "",
+              table(["network", "NMSE (dB)", "||y_L - y*|| mean ± std", "f(y_L) - f(y*)", "||y_L||_1",
+                      "||y*||_1", "best epoch", "train s"], rows), ""]
+    match = results.get("iterations_to_match")
+    if match:
+        L = preset.model.num_layers
+
+        def its(k):
+            return f"> {match['max_iter']}" if k is None else str(k)
+
+        lines += ["## The learned-optimizer view", "",
+                  f"How many iterations of ISTA and FISTA (step 1/Lip, from y_0 = 0, float64) reach each trained "
+                  f"L = {L} network's final-layer NMSE on the test set:", "",
+                  table(["network", "final NMSE (dB)", "ISTA iterations", "FISTA iterations", "FISTA / L"],
+                         [[lab[k], fmt(models[k]["clean"]["nmse_db"][-1]), its(match["ista"][k]),
+                           its(match["fista"][k]),
+                           "-" if match["fista"][k] is None else fmt(match["fista"][k] / L, 1)] for k in names]),
+                  ""]
+    sw = {k: models[k]["robustness"]["sweep"] for k in names}
+    sigmas = sw[names[0]]["sigma"]
+    rows, rows_d = [], []
+    for i, sg in enumerate(sigmas):
+        rows.append([f"{sg:g}"] + [fmt(sw[k]["final_distance_mean"][i]) for k in names]
+                    + [fmt(sw[k]["final_l1_mean"][i]) for k in names])
+        rows_d.append([f"{sg:g}"] + [fmt(min(sw[k]["descending"][i])) for k in names]
+                      + [fmt(min(sw[k]["layer_descending"][i])) for k in names])
+    lines += ["## Perturbation sweep", "",
+              table(["sigma"] + [f"mean ||y_L - y*|| {lab[k]}" for k in names]
+                     + [f"mean ||y_L||_1 {lab[k]}" for k in names], rows), "",
+              table(["sigma"] + [f"min desc. {lab[k]}" for k in names]
+                     + [f"min layer desc. {lab[k]}" for k in names], rows_d), "",
+              "min desc. = the lowest per-layer descending frequency of the perturbed trajectory (layer l's "
+              "output after its noise against layer l-1's: what the constraints bound). min layer desc. = the "
+              "lowest per-layer fraction of samples whose layer output (before the noise) is closer to y* than "
+              "the layer's perturbed input.",              "", "![perturbation sweep](plots/sweep.png)", ""]
+    un = {lab[k]: models[k]["robustness"]["under_noise"] for k in names}
+    rows = []
+    for l in range(preset.model.num_layers):
+        rows.append([str(l + 1)] + [fmt(un[lab[k]]["descending"][l]) for k in names]
+                    + [fmt(un[lab[k]]["layer_descending"][l]) for k in names]
+                    + [fmt(un[lab[k]]["nmse_db"][l + 1]) for k in names])
+    lines += [f"## Descending frequency per layer under noise (sigma = {ev.perturb_sigma:g})", "",
+              table(["layer"] + [f"desc. {lab[k]}" for k in names] + [f"layer desc. {lab[k]}" for k in names]
+                     + [f"NMSE dB {lab[k]}" for k in names], rows), "",
+              "desc. and layer desc. as in the sweep table; NMSE of the perturbed iterates.", "",
+              "![descending frequency under noise](plots/descending_noise.png)", ""]
+    od = {k: models[k]["robustness"]["ood"] for k in names}
+    rows = []
+    for i, p in enumerate(od[names[0]]["p"]):
+        rows.append([f"{p:g}"] + [fmt(od[k]["final_nmse_db"][i]) for k in names]
+                    + [fmt(od[k]["final_nmse_db"][i] - models[k]["clean"]["nmse_db"][-1]) for k in names]
+                    + [fmt(od[k]["final_nmse_db_old"][i]) for k in names])
+    lines += ["## OOD shift", "",
+              table(["p"] + [f"NMSE vs y~* {lab[k]}" for k in names]
+                     + [f"change vs clean {lab[k]}" for k in names]
+                     + [f"NMSE vs old y* {lab[k]}" for k in names], rows), "",
+              "NMSE in dB. The last columns use the clean optimum, as the research plot did; it mixes the "
+              "network's error with the change of the optimum itself.", "", "![OOD shift](plots/ood.png)", ""]
+    c = models.get("constrained", {}).get("train", {})
+    if c.get("multipliers") is not None:
+        lines += ["## Training", "",
+                  "Multipliers of the constrained network (layer 1..L) at the end: "
+                  + ", ".join(fmt(v, 3) for v in c["multipliers"]) + "; largest during training: "
+                  + ", ".join(fmt(v, 3) for v in c["max_multipliers"]) + ".", "",
+                  "![validation loss](plots/val_loss.png)", ""]
+    lines += report_tail(timing, "Checkpoints and the cached OOD optima stay in `checkpoints/` and `cache/` "
+                                  "(ignored by git); `--resume` reuses them.")
+    atomic_write_text("\n".join(lines), os.path.join(out, "report.md"))
+
+
+def write_inpaint_report(out: str, preset, results: Dict[str, Any], command: str, reading: List[str]) -> None:
+    """``report.md`` of a GLOW-Prox reproduction from the ``metrics.json`` content ``results``;
+    ``reading`` the plain-language paragraphs (:func:`~sdu_ext.experiments.claims.inpaint_reading`)."""
+    models, timing = results["models"], results["timing"]
+    trained = [k for k in VARIANTS]
+    d, mc, me, tc, ev, pc = preset.data, preset.model, preset.method, preset.train, preset.evaluation, preset.pretrain
+    L = mc.num_layers
+    g = results.get("glow") or {}
+    sizes = results["data"]
+    quant = f"{d.bits}-bit" if d.bits is not None else "8-bit (x = v / 255)"
+    setup = [f"- Data: {d.image_size} x {d.image_size} {'RGB' if d.channels == 3 else 'grayscale'} crops of the colour "
+             f"photographs bundled with scikit-image ({', '.join(d.images)}), {quant}; {sizes['train']} training / "
+             f"{sizes['val']} validation / {sizes['test']} test images from disjoint {d.block} x {d.block} blocks "
+             f"(data seed {d.seed}); a central {d.hole} x {d.hole} hole (24/64 of the side, as the research's "
+             "24 x 24 in 64 x 64); y = A x, the masked image.",
+             f"- Network: GLOW-Prox, L = {L} untied layers; layer l: x <- x - mu_l A^T(Ax - y), z = G_l^-1(x), "
+             f"z_top <- z_top / (1 + lambda_l), x = clamp(G_l(z), 0, 1); mu_l, lambda_l >= 0 (softplus), initially "
+             f"{mc.mu:g} and {mc.lam:g}; initial point the masked image. Each G_l: Glow with {mc.levels} levels x "
+             f"{mc.steps} steps x {mc.hidden} hidden channels"
+             + (f", all copied from one Glow pretrained by maximum likelihood on the clean training images "
+                f"({pc.epochs} epochs, batch {pc.batch_size}, Adam {pc.lr:g}; test "
+                f"{fmt(g.get('test_bits_per_dim'), 3)} bits/dim)" if pc.epochs else ", randomly initialised")
+             + f"; the three networks start from the same weights (seed {results['seed']}) and see the same "
+               "batches.",
+             f"- constrained: MSE of the last layer + descent constraints `{me.form}` (eps = {me.eps:g}) on "
+             f"||grad_x f|| = ||200 A^T(A x_l - y)|| and on ||grad_z f|| = ||z_top,l||, layers {me.first_layer}..{L}, "
+             f"primal-dual training; noise before layers 1..{L - 1}: a random unit-norm direction times "
+             f"{me.noise_sigma:g} / (l + 1) (l = 0-based index of the perturbed iterate), then clamp.",
+             "- standard: MSE of the last layer only, no noise. standard + noise: the same with the training noise. "
+             "untrained: the initial network (pretrained Glow in every layer), not trained as an unrolled network.",
+             f"- Training: {tc.epochs} epochs, batch {tc.batch_size}, {tc.optimizer} lr {tc.lr:g}, dual lr "
+             f"{tc.lr_dual:g} (step every {tc.dual_every}); the weights with the best noise-free validation MSE are "
+             "kept.",
+             "- Metrics (test set): MSE and PSNR (10 log10(1 / MSE) per image, averaged) against the clean image, "
+             "SSIM (Gaussian window 11 x 11, sigma 1.5); descending frequency of layer l = fraction of images with "
+             "r_l < r_(l-1) for r = ||grad_x f|| and r = ||grad_z f|| (layer 1 starts from the masked image, whose "
+             "data residual is 0: it cannot descend there and is not constrained).",
+             f"- Perturbation sweep: x~ = clamp(x + p u, 0, 1), u a random unit-norm direction per image (the same "
+             f"for every network), p in {{{', '.join(f'{p:g}' for p in ev.ps)}}}; y = A x~; scored against the "
+             f"clean x. For scale: one 5-bit level is 1/32 per pixel; p u has per-pixel size about "
+             f"p / {int(round((d.channels * d.image_size ** 2) ** 0.5))}.", ""]
+    lines = report_head(f"GLOW-Prox inpainting reproduction: preset `{preset.name}`", command, results) \
+        + setup + report_claims(results["claims"], reading)
+    clean = {k: models[k]["clean"] for k in models}
+    lines += ["## Per layer, clean test set", "",
+              per_layer_table(clean, ["psnr", "ssim"], ["PSNR dB", "SSIM"]), "",
+              "![PSNR and SSIM per layer](plots/layers.png)", "",
+              per_layer_table(clean, ["desc_x", "desc_z"], ["desc. grad_x", "desc. grad_z"], layers_only=True), "",
+              per_layer_table({k: clean[k] for k in trained}, ["ratio_x", "ratio_z"],
+                               ["ratio grad_x", "ratio grad_z"], 3, layers_only=True), "",
+              f"desc. = fraction of test images whose residual decreased at that layer; ratio = mean r_l / mean "
+              f"r_(l-1), the `ratio_of_means` constraint asks <= {1 - me.eps:g} at layers {me.first_layer}..{L}.", "",
+              "![descending frequency](plots/descending.png)", ""]
+    rows = []
+    for k in models:
+        m, t = models[k]["clean"], models[k].get("train")
+        rows.append([label(k), fmt(m["mse"][-1], 4), fmt(m["mse_hole"][-1], 4),
+                     f"{fmt(m['psnr'][-1])} ± {fmt(m['psnr_std'][-1])}", fmt(m["ssim"][-1], 3),
+                     "-" if t is None else str(t["best_epoch"]), "-" if t is None else f"{t['seconds']:.0f}"])
+    m0 = models["untrained"]["clean"]
+    rows.append(["masked input", fmt(m0["mse"][0], 4), fmt(m0["mse_hole"][0], 4),
+                 f"{fmt(m0['psnr'][0])} ± {fmt(m0['psnr_std'][0])}", fmt(m0["ssim"][0], 3), "-", "-"])
+    lines += ["## Final layer, clean test set", "",
+              table(["network", "MSE", "MSE in the hole", "PSNR dB mean ± std", "SSIM", "best epoch", "train s"],
+                     rows), "",
+              "![clean | masked | final layer of each network](plots/grid_final.png)", ""]
+    un = {k: models[k]["under_noise"] for k in models}
+    lines += [f"## Under noise between layers (sigma = {ev.noise_sigma:g})", "",
+              per_layer_table(un, ["psnr", "desc_x", "desc_z"], ["PSNR dB", "desc. grad_x", "desc. grad_z"])
+              .replace("| 0 (input) |", "| 0 (input, perturbed) |"), "",
+              "Row 0 is the initial point after its noise; the descending columns start at layer 1.", "",
+              "![descending frequency under noise](plots/descending_noise.png)", ""]
+    sw = {k: models[k]["sweep"] for k in models}
+    rows = []
+    first = next(iter(sw.values()))
+    for i, p in enumerate(first["p"]):
+        rows.append([f"{p:g}", "exact" if p == 0 else fmt(first["psnr_input"][i])] + [fmt(sw[k]["psnr"][i]) for k in sw]
+                    + [fmt(sw[k]["ssim"][i], 3) for k in sw]
+                    + [f"{fmt(sw[k]['min_desc_x'][i])} / {fmt(sw[k]['min_desc_z'][i])}" for k in trained])
+    lines += ["## Perturbation sweep", "",
+              table(["p", "PSNR of x~ itself"] + [f"PSNR {label(k)}" for k in sw] + [f"SSIM {label(k)}" for k in sw]
+                     + [f"min desc. x / z {label(k)}" for k in trained], rows), "",
+              f"Final layer against the clean image. min desc. = the lowest descending frequency of ||grad_x f|| / "
+              f"||grad_z f|| over layers {me.first_layer}..{L}.", "",
+              "![perturbation sweep](plots/sweep.png)", "",
+              f"![clean | perturbed and masked (p = {results['grid_p']:g}) | final layer of each network]"
+              "(plots/grid_perturbed.png)", ""]
+    lines += ["## Reconstructions per layer", ""]
+    for k in models:
+        lines += [f"![{label(k)}: clean | masked | layers 1..{L}](plots/grid_{k}.png)", ""]
+    c = models["constrained"]["train"]
+    lines += ["## Training", "",
+              "Multipliers of the constrained network at the end (layers "
+              + ", ".join(map(str, c["constrained_layers"])) + "): grad_x "
+              + ", ".join(fmt(v, 4) for v in c["multipliers"]["grad_x"]) + "; grad_z "
+              + ", ".join(fmt(v, 4) for v in c["multipliers"]["grad_z"]) + ". Largest during training: grad_x "
+              + ", ".join(fmt(v, 4) for v in c["max_multipliers"]["grad_x"]) + "; grad_z "
+              + ", ".join(fmt(v, 4) for v in c["max_multipliers"]["grad_z"]) + ".", "",
+              table(["network"] + [f"mu_{l}" for l in range(1, L + 1)] + [f"lambda_{l}" for l in range(1, L + 1)],
+                     [[label(k)] + [fmt(v, 3) for v in models[k]["train"]["mu"]]
+                      + [fmt(v, 3) for v in models[k]["train"]["lam"]] for k in trained]), "",
+              "![validation loss](plots/val_loss.png)", "",
+              "Glow-inverse overflows: images whose decoded value in some layer was not finite or exceeded "
+              "1e3 in magnitude; they skip that layer's proximal step (output = the clamped gradient step). "
+              "Training counts include the validation passes.", "",
+              table(["network", "training", "clean test", "under noise", "sweep (per p)"],
+                     [[label(k), str(models[k]["train"]["overflows"]) if "train" in models[k] else "-",
+                       str(models[k]["clean"]["overflows"]), str(models[k]["under_noise"]["overflows"]),
+                       ", ".join(map(str, models[k]["sweep"]["overflows"]))] for k in models]), ""]
+    if g:
+        hist = g.get("history") or []
+        lines += [f"Glow pretraining: {len(hist)} epochs, training bits/dim "
+                  + (f"{fmt(hist[0]['bits_per_dim'], 3)} -> {fmt(hist[-1]['bits_per_dim'], 3)}" if hist else "-")
+                  + f", test {fmt(g.get('test_bits_per_dim'), 3)} bits/dim (bin centres, {d.bits}-bit).", ""]
+    lines += report_tail(timing, "Checkpoints (the pretrained Glow and the three networks) stay in "
+                                       "`checkpoints/` (ignored by git); `--resume` reuses them.")
+    atomic_write_text("\n".join(lines), os.path.join(out, "report.md"))
+
