@@ -26,7 +26,8 @@ def residual_norms(iterates, reference=None):
     return torch.linalg.vector_norm(diff.to(acc), dim=-1).to(iterates.dtype)
 
 
-def _floored(v):
+def floored(v):
+    """max(v, RATIO_FLOOR) that lets NaN through (the ratio forms' denominator)."""
     return torch.where(v < RATIO_FLOOR, torch.full_like(v, RATIO_FLOOR), v)
 
 
@@ -39,9 +40,9 @@ def descent_violations(norms, eps, form):
     if form == "difference":
         per_sample = cur - keep * prev
     else:
-        per_sample = cur / _floored(prev) - keep
+        per_sample = cur / floored(prev) - keep
     if form == "ratio_of_means":
-        values = cur.mean(dim=1) / _floored(prev.mean(dim=1)) - keep
+        values = cur.mean(dim=1) / floored(prev.mean(dim=1)) - keep
     else:
         values = per_sample.mean(dim=1)
     return values, per_sample

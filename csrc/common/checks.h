@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/OpMathType.h>
 
 #include <cstdio>
@@ -221,6 +222,34 @@ inline void check_subgradient_backward(const at::Tensor& grad_out, const at::Ten
   check_same_device(grad_out, "grad_out", grad, "grad");
   TORCH_CHECK(grad_out.sizes() == grad.sizes(), msg("grad_out: expected shape ", shape_str(grad.sizes()),
               " (same as grad), got ", shape_str(grad_out.sizes())));
+}
+
+// soft_threshold_ overwrites x while it reads theta (and x): like PyTorch's own in-place
+// ops it refuses memory that overlaps, which would make the result depend on the order
+// in which elements are written. Strided views whose overlap ATen cannot decide count
+// as overlapping when their memory ranges intersect.
+inline void check_inplace_overlap(const at::Tensor& x, const at::Tensor& theta) {
+  TORCH_CHECK(at::has_internal_overlap(x) != at::MemOverlap::Yes,
+              "x: expected a tensor whose elements occupy distinct memory (soft_threshold_ writes "
+              "every element), got one with internal overlap (e.g. an expanded view); pass x.clone()");
+  auto status = at::get_overlap_status(x, theta);
+  bool overlap = status == at::MemOverlapStatus::Full || status == at::MemOverlapStatus::Partial;
+  if (status == at::MemOverlapStatus::TooHard && x.numel() > 0 && theta.numel() > 0 &&
+      x.storage().is_alias_of(theta.storage())) {
+    auto range = [](const at::Tensor& t) {
+      int64_t lo = t.storage_offset(), hi = lo;
+      for (int64_t d = 0; d < t.dim(); ++d) {
+        int64_t span = (t.size(d) - 1) * t.stride(d);
+        (span < 0 ? lo : hi) += span;
+      }
+      return std::make_pair(lo * static_cast<int64_t>(t.element_size()),
+                            (hi + 1) * static_cast<int64_t>(t.element_size()));
+    };
+    auto a = range(x), b = range(theta);
+    overlap = a.first < b.second && b.first < a.second;
+  }
+  TORCH_CHECK(!overlap, "theta: expected memory separate from x (soft_threshold_ overwrites x "
+              "while it reads theta), got a tensor that overlaps x in memory; pass theta.clone()");
 }
 
 inline bool has_reference(const c10::optional<at::Tensor>& reference) {

@@ -62,7 +62,9 @@ C10_HOST_DEVICE inline T descent_per_sample(T r_prev, T r_cur, T keep, Form form
 }
 
 // Gradient of one constraint value with respect to one sample's residuals.
-// inv_b = 1 / B; mean_prev and mean_cur are only read by RatioOfMeans.
+// inv_b = 1 / B; mean_prev and mean_cur are only read by RatioOfMeans. The ratio's
+// derivative is formed as (r / den) / den: den * den would overflow (or underflow)
+// long before the result does (float32 norms above ~1.8e19).
 template <typename T>
 C10_HOST_DEVICE inline void descent_sample_grads(
     T g, T r_prev, T r_cur, T keep, Form form, T inv_b, T mean_prev, T mean_cur,
@@ -73,11 +75,11 @@ C10_HOST_DEVICE inline void descent_sample_grads(
   } else if (form == Form::MeanRatio) {
     T den = floored(r_prev);
     *d_cur = g * inv_b / den;
-    *d_prev = r_prev < T(kRatioFloor) ? T(0) : -g * inv_b * r_cur / (den * den);
+    *d_prev = r_prev < T(kRatioFloor) ? T(0) : -(g * inv_b) * ((r_cur / den) / den);
   } else {
     T den = floored(mean_prev);
     *d_cur = g * inv_b / den;
-    *d_prev = mean_prev < T(kRatioFloor) ? T(0) : -g * inv_b * mean_cur / (den * den);
+    *d_prev = mean_prev < T(kRatioFloor) ? T(0) : -(g * inv_b) * ((mean_cur / den) / den);
   }
 }
 

@@ -110,6 +110,7 @@ at::Tensor soft_threshold_cpu(const at::Tensor& x, const at::Tensor& theta) {
 void soft_threshold_inplace_cpu(at::Tensor& x, const at::Tensor& theta) {
   check_floating(x, "x");
   auto mode = check_theta(x, theta);
+  check_inplace_overlap(x, theta);
   if (x.numel() == 0) return;
   if (!is_reduced(x) && x.is_contiguous()) {
     forward_into(x, theta, mode, x);

@@ -71,6 +71,7 @@ at::Tensor soft_threshold_cuda(const at::Tensor& x, const at::Tensor& theta) {
 void soft_threshold_inplace_cuda(at::Tensor& x, const at::Tensor& theta) {
   check_floating(x, "x");
   auto mode = check_theta(x, theta);
+  check_inplace_overlap(x, theta);
   c10::cuda::CUDAGuard guard(x.device());
   if (x.numel() == 0) return;
   if (x.is_contiguous()) {
