@@ -225,6 +225,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 torch.set_num_threads(args.threads)
             return args.run(args)
         except KeyboardInterrupt as e:
+            # drop the frames of the interrupted run first: their progress bars close (and clear
+            # their lines) now, not after the message
+            e.__traceback__ = e.__context__ = e.__cause__ = None
             print(_interrupted(e, argv, args), file=sys.stderr)
             return 130
         except Exception as e:

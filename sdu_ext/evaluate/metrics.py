@@ -13,10 +13,15 @@ optima.
 """
 import math
 import warnings
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
+from torch import nn
 
 from .. import ops
+
+__all__ = ["QUANTILES", "run_iterates", "nmse_db", "descending_frequency", "layer_metrics", "evaluate_model",
+           "iterations_to_match"]
 
 QUANTILES = (0.1, 0.5, 0.9)
 
@@ -31,7 +36,8 @@ def _check_pair(iterates, reference, name="iterates"):
 
 
 @torch.no_grad()
-def run_iterates(model, x, *, noise=None, y0=None, generator=None, batch_size=1024):
+def run_iterates(model: nn.Module, x: torch.Tensor, *, noise=None, y0: Optional[torch.Tensor] = None,
+                 generator: Optional[torch.Generator] = None, batch_size: int = 1024) -> torch.Tensor:
     """The model's stacked iterates on ``x`` without gradients, in chunks of ``batch_size``.
 
     Args:
@@ -52,7 +58,7 @@ def run_iterates(model, x, *, noise=None, y0=None, generator=None, batch_size=10
     return torch.cat(out, dim=1)
 
 
-def nmse_db(estimates, reference):
+def nmse_db(estimates: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """NMSE in dB of each layer (see the module docstring for the averaging).
 
     Args:
@@ -75,7 +81,7 @@ def nmse_db(estimates, reference):
     return out[0] if single else out
 
 
-def descending_frequency(iterates, reference=None):
+def descending_frequency(iterates: torch.Tensor, reference: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Fraction of samples whose residual decreases at each layer, (L,) float64.
 
     ``r_{l,b} = ||iterates[l, b] - reference[b]||`` (or ``||iterates[l, b]||`` when
@@ -98,7 +104,7 @@ def _stacked_objective(problem, iterates, x):
 
 
 @torch.no_grad()
-def layer_metrics(iterates, x, y_star, problem):
+def layer_metrics(iterates: torch.Tensor, x: torch.Tensor, y_star: torch.Tensor, problem) -> Dict[str, Any]:
     """Per-layer metrics of one model on one data set (SPEC section 6).
 
     Args:
@@ -143,14 +149,16 @@ def layer_metrics(iterates, x, y_star, problem):
     }
 
 
-def evaluate_model(model, x, y_star, *, generator=None, batch_size=1024):
+def evaluate_model(model: nn.Module, x: torch.Tensor, y_star: torch.Tensor, *,
+                   generator: Optional[torch.Generator] = None, batch_size: int = 1024) -> Dict[str, Any]:
     """:func:`layer_metrics` of ``model`` on clean data (no noise, default initial point;
     ``generator`` seeds the random initial point of ``paper`` LISTA)."""
     it = run_iterates(model, x, generator=generator, batch_size=batch_size)
     return layer_metrics(it, x, y_star, model.problem)
 
 
-def iterations_to_match(problem, x, y_star, targets_db, *, method="fista", max_iter=10000):
+def iterations_to_match(problem, x: torch.Tensor, y_star: torch.Tensor, targets_db: Sequence[float], *,
+                        method: str = "fista", max_iter: int = 10000) -> List[Optional[int]]:
     """The learned-optimizer view: how many classic iterations reach a given NMSE.
 
     Runs ``method`` ("ista" or "fista", step 1 / Lip, from y_0 = 0, float64; see

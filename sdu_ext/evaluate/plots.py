@@ -8,6 +8,7 @@ the dicts of :mod:`sdu_ext.evaluate.inpainting`.
 """
 import math
 import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["plot_layers", "plot_descending", "plot_sweep", "plot_ood", "plot_history", "plot_psnr_layers",
            "plot_residual_descending", "plot_psnr_sweep", "save_grid", "layer_grid"]
@@ -45,7 +46,7 @@ def _finite(values):
     return [v if v is not None and math.isfinite(v) else math.nan for v in values]
 
 
-def plot_layers(results, path, title="per-layer accuracy"):
+def plot_layers(results: Dict[str, Dict[str, Any]], path: str, title: str = "per-layer accuracy") -> str:
     """Distance to y* (mean, with a 10-90 % quantile band) and NMSE (dB) against the layer."""
     fig, (ax_d, ax_n) = _figure(2)
     for i, (name, m) in enumerate(results.items()):
@@ -62,7 +63,7 @@ def plot_layers(results, path, title="per-layer accuracy"):
     return _save(fig, path)
 
 
-def plot_descending(results, path, title="descending frequency per layer"):
+def plot_descending(results: Dict[str, Any], path: str, title: str = "descending frequency per layer") -> str:
     """Grouped bars: the fraction of samples with r_l < r_{l-1}, per layer and model.
 
     ``results`` maps a name to either a metrics dict (its ``descending``) or a list (L,)."""
@@ -82,7 +83,7 @@ def plot_descending(results, path, title="descending frequency per layer"):
     return _save(fig, path)
 
 
-def plot_sweep(results, path):
+def plot_sweep(results: Dict[str, Dict[str, list]], path: str) -> str:
     """Perturbation sweep: final distance and ||y_L||_1 against sigma (log-log)."""
     fig, (ax_d, ax_s) = _figure(2)
     for i, (name, s) in enumerate(results.items()):
@@ -97,7 +98,7 @@ def plot_sweep(results, path):
     return _save(fig, path)
 
 
-def plot_ood(results, path):
+def plot_ood(results: Dict[str, Dict[str, list]], path: str) -> str:
     """OOD shift: final NMSE against the new optimum y~* and final distance, against p."""
     fig, (ax_n, ax_d) = _figure(2)
     for i, (name, s) in enumerate(results.items()):
@@ -111,7 +112,7 @@ def plot_ood(results, path):
     return _save(fig, path)
 
 
-def plot_history(histories, path, key="val_loss"):
+def plot_history(histories: Dict[str, List[dict]], path: str, key: str = "val_loss") -> str:
     """Training curves: ``histories`` maps a name to the trainer's history rows."""
     fig, (ax,) = _figure(1)
     for i, (name, rows) in enumerate(histories.items()):
@@ -126,7 +127,7 @@ def plot_history(histories, path, key="val_loss"):
 
 # ---------------------------------------------------------------- inpainting
 
-def plot_psnr_layers(results, path):
+def plot_psnr_layers(results: Dict[str, Dict[str, list]], path: str) -> str:
     """PSNR and SSIM per layer (two PNG panels side by side)."""
     fig, (ax_p, ax_s) = _figure(2)
     for i, (name, m) in enumerate(results.items()):
@@ -141,7 +142,7 @@ def plot_psnr_layers(results, path):
     return _save(fig, path)
 
 
-def plot_residual_descending(results, path, title):
+def plot_residual_descending(results: Dict[str, Dict[str, list]], path: str, title: str) -> str:
     """Grouped bars of the descending frequency of ||grad_x f|| and ||grad_z f|| per layer."""
     fig, axes = _figure(2, width=5.5)
     names = list(results)
@@ -158,7 +159,7 @@ def plot_residual_descending(results, path, title):
     return _save(fig, path)
 
 
-def plot_psnr_sweep(results, path):
+def plot_psnr_sweep(results: Dict[str, Dict[str, list]], path: str) -> str:
     """Final PSNR and SSIM against the perturbation level p."""
     fig, (ax_p, ax_s) = _figure(2)
     for i, (name, s) in enumerate(results.items()):
@@ -187,7 +188,7 @@ def _imshow(ax, img):
     ax.set_yticks([])
 
 
-def save_grid(path, columns, title=None):
+def save_grid(path: str, columns: Sequence[Tuple[str, Any]], title: Optional[str] = None) -> str:
     """A PNG grid: ``columns`` is a list of ``(label, images (N, C, H, W))``, one column each,
     one row per image. Returns the path."""
     n = columns[0][1].shape[0]
@@ -204,7 +205,7 @@ def save_grid(path, columns, title=None):
     return _save(fig, path)
 
 
-def layer_grid(path, model, data, images, batch_size=64, title=None):
+def layer_grid(path: str, model, data, images: int, batch_size: int = 64, title: Optional[str] = None) -> str:
     """clean | masked | layer 1 .. L of a GLOW-Prox ``model`` on the first ``images`` test
     images of ``data`` (an :class:`~sdu_ext.problems.inpainting.InpaintingData`)."""
     from .inpainting import run_iterates

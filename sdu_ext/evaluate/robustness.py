@@ -22,7 +22,10 @@ reported here separately as ``*_old`` for comparison).
 Random draws come from ``torch.Generator`` objects seeded from ``seed`` and the index
 of the sigma (or p), so every model sees the same draws: the comparison is paired.
 """
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
 import torch
+from torch import nn
 
 from .. import ops
 from ..models.noise import RescaledNoise, log_gradient_noise
@@ -66,8 +69,9 @@ def _collect(rows, key_name, keys):
 
 
 @torch.no_grad()
-def perturbed_iterates(model, x, sigma, generator, negative="clamp", domain_scale=100.0, batch_size=1024,
-                       return_outputs=False):
+def perturbed_iterates(model: nn.Module, x: torch.Tensor, sigma: float, generator: torch.Generator,
+                       negative: str = "clamp", domain_scale: float = 100.0, batch_size: int = 1024,
+                       return_outputs: bool = False):
     """Iterates (L+1, N, m) of ``model`` on ``x`` (N, n) from ``y_0 ~ N(0, sigma^2 I)`` with
     the log-gradient noise between layers, both in the reference domain of scale
     ``domain_scale`` (module docstring); every draw comes from ``generator`` (a CPU
@@ -99,7 +103,7 @@ def perturbed_iterates(model, x, sigma, generator, negative="clamp", domain_scal
     return (iterates, torch.cat(outs, dim=1)) if return_outputs else iterates
 
 
-def layer_descending(iterates, outputs, y_star):
+def layer_descending(iterates: torch.Tensor, outputs: torch.Tensor, y_star: torch.Tensor) -> torch.Tensor:
     """Fraction of samples (per layer, (L,) float64) whose layer output before the noise,
     ``outputs[l-1]``, is closer to y* than the layer's (perturbed) input ``iterates[l-1]``:
     whether each layer itself descends from a perturbed point."""
@@ -108,8 +112,9 @@ def layer_descending(iterates, outputs, y_star):
     return (after < before).to(torch.float64).mean(dim=1)
 
 
-def perturbation_sweep(model, x, y_star, sigmas, *, seed=0, negative="clamp", domain_scale=100.0,
-                       batch_size=1024, progress=False):
+def perturbation_sweep(model: nn.Module, x: torch.Tensor, y_star: torch.Tensor, sigmas: Sequence[float], *,
+                       seed: int = 0, negative: str = "clamp", domain_scale: float = 100.0, batch_size: int = 1024,
+                       progress: bool = False) -> Dict[str, list]:
     """The perturbation sweep (SPEC section 6 (a) and (c)) of one model.
 
     Args:
@@ -136,7 +141,8 @@ def perturbation_sweep(model, x, y_star, sigmas, *, seed=0, negative="clamp", do
     return _collect(rows, "sigma", [float(s) for s in sigmas])
 
 
-def shift_signals(x, p, generator, clip=(0.0, 1.0)):
+def shift_signals(x: torch.Tensor, p: float, generator: torch.Generator, clip: Optional[tuple] = (0.0, 1.0)
+                  ) -> torch.Tensor:
     """``x~ = clip(x + p N(0, I), lo, hi)`` for x (N, n); ``clip=None`` skips the clipping
     (signals that do not live in [0, 1], such as the synthetic benchmark's)."""
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
@@ -144,7 +150,8 @@ def shift_signals(x, p, generator, clip=(0.0, 1.0)):
     return shifted if clip is None else shifted.clamp(float(clip[0]), float(clip[1]))
 
 
-def shifted_data(x, solve, shifts, *, seed=0, clip=(0.0, 1.0), progress=False):
+def shifted_data(x: torch.Tensor, solve: Callable, shifts: Sequence[float], *, seed: int = 0,
+                 clip: Optional[tuple] = (0.0, 1.0), progress: bool = False) -> List[Dict[str, Any]]:
     """The OOD test sets, computed once and shared by every model.
 
     ``solve(x (N, n)) -> y* (N, m)`` is the reference LASSO solver. Returns a list of
@@ -156,7 +163,8 @@ def shifted_data(x, solve, shifts, *, seed=0, clip=(0.0, 1.0), progress=False):
     return out
 
 
-def ood_shift(model, shifted, y_star_clean=None, *, generator_seed=0, batch_size=1024):
+def ood_shift(model: nn.Module, shifted: List[Dict[str, Any]], y_star_clean: Optional[torch.Tensor] = None, *,
+              generator_seed: int = 0, batch_size: int = 1024) -> Dict[str, list]:
     """The OOD shift (SPEC section 6 (b)) of one model on :func:`shifted_data`'s sets.
 
     Returns a JSON-ready dict of lists, one entry per p: ``p``, ``final_distance_mean``/

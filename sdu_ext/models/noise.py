@@ -62,12 +62,12 @@ class FixedNoise(nn.Module):
     Call: ``(layer, y (B, m), xs (B, n)) -> (B, m)`` in y's dtype and device.
     """
 
-    def __init__(self, sigma, generator=None):
+    def __init__(self, sigma: float, generator: Optional[torch.Generator] = None):
         super().__init__()
         self.sigma = _check_sigma(sigma)
         self.generator = generator
 
-    def forward(self, layer, y, xs):
+    def forward(self, layer: int, y: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         if self.sigma == 0:
             return y
         return y + self.sigma * _randn(y.shape, self.generator, y.dtype, y.device)
@@ -101,7 +101,8 @@ class LogGradientNoise(nn.Module):
     Call: ``(layer, y (B, m), xs (B, n)) -> (B, m)`` in y's dtype and device.
     """
 
-    def __init__(self, D, sigma=1.0, negative="clamp", generator=None):
+    def __init__(self, D: torch.Tensor, sigma: float = 1.0, negative: str = "clamp",
+                 generator: Optional[torch.Generator] = None):
         super().__init__()
         if not isinstance(D, torch.Tensor) or D.dim() != 2 or not D.is_floating_point():
             got = tuple(D.shape) if isinstance(D, torch.Tensor) else type(D).__name__
@@ -113,7 +114,7 @@ class LogGradientNoise(nn.Module):
         self.negative = negative
         self.generator = generator
 
-    def scale(self, y, xs):
+    def scale(self, y: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         """Per-sample noise standard deviation ``sigma * s_b`` (B,), detached, in
         float32 or wider (float64 for float64 inputs)."""
         acc = torch.promote_types(y.dtype, torch.float32)
@@ -124,7 +125,7 @@ class LogGradientNoise(nn.Module):
         s = s.clamp_min(0) if self.negative == "clamp" else s.abs()
         return self.sigma * s
 
-    def forward(self, layer, y, xs):
+    def forward(self, layer: int, y: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         if self.sigma == 0:
             return y
         std = self.scale(y, xs).to(y.dtype).unsqueeze(-1)
