@@ -1,6 +1,7 @@
 """torch.library.opcheck on every raw sdu op (schema, autograd registration, fake
 tensor and AOT-dispatch checks), with requires_grad inputs where the op is
-differentiable so the autograd-registration and AOT backward checks run."""
+differentiable (the backward ops included: they are differentiable too) so the
+autograd-registration and AOT backward checks run."""
 import pytest
 import torch
 
@@ -62,6 +63,8 @@ CASES = {
         S.soft_threshold_backward.default, lambda r, dt, dv: (
             r.make((4, 7), dt, dv), _codes(r, (4, 7), dt, dv),
             r.make((4, 7), dt, dv, layout="transposed", kind="rand"))),
+    "soft_threshold_backward-requires-grad": (S.soft_threshold_backward.default, lambda r, dt, dv: (
+        _rg(r.make((4, 7), dt, dv)), _rg(_codes(r, (4, 7), dt, dv)), _rg(_pos(r, (7,), dt, dv)))),
     # ---- lista_layer
     "lista_layer-row": (S.lista_layer.default, lambda r, dt, dv: (
         _rg(r.make((3, 5), dt, dv)), _rg(r.make((3, 4), dt, dv)), _rg(r.make((5, 5), dt, dv)),
@@ -93,6 +96,9 @@ CASES = {
         _pos(r, (3, 4), dt, dv))),
     "residual_norms_backward-noref": (S.residual_norms_backward.default, lambda r, dt, dv: (
         r.make((3, 4), dt, dv), r.make((3, 4, 7), dt, dv), None, _pos(r, (3, 4), dt, dv))),
+    "residual_norms_backward-requires-grad": (S.residual_norms_backward.default, lambda r, dt, dv: (
+        _rg(r.make((3, 4), dt, dv)), _rg(r.make((3, 4, 7), dt, dv)), _rg(r.make((4, 7), dt, dv)),
+        _rg(_pos(r, (3, 4), dt, dv)))),
     # ---- min_norm_subgradient (+ backward)
     "min_norm_subgradient": (S.min_norm_subgradient.default, lambda r, dt, dv: (
         _rg(r.make((4, 33), dt, dv)), _codes(r, (4, 33), dt, dv), 0.3)),
@@ -102,6 +108,8 @@ CASES = {
         _rg(r.make((4, 7), dt, dv, layout="transposed")), _codes(r, (4, 7), dt, dv), 0.0)),
     "min_norm_subgradient_backward": (S.min_norm_subgradient_backward.default, lambda r, dt, dv: (
         r.make((4, 7), dt, dv), r.make((4, 7), dt, dv), _codes(r, (4, 7), dt, dv), 0.3)),
+    "min_norm_subgradient_backward-requires-grad": (S.min_norm_subgradient_backward.default, lambda r, dt, dv: (
+        _rg(r.make((4, 7), dt, dv)), _rg(r.make((4, 7), dt, dv)), _codes(r, (4, 7), dt, dv), 0.3)),
 }
 for _form in FORMS:
     CASES[f"descent_violations-{_form}"] = (S.descent_violations.default, lambda r, dt, dv, f=_form: (
@@ -109,6 +117,9 @@ for _form in FORMS:
     CASES[f"descent_violations_backward-{_form}"] = (
         S.descent_violations_backward.default, lambda r, dt, dv, f=_form: (
             r.make((3,), dt, dv), _pos(r, (4, 9), dt, dv), 0.05, f))
+    CASES[f"descent_violations_backward-{_form}-requires-grad"] = (
+        S.descent_violations_backward.default, lambda r, dt, dv, f=_form: (
+            _rg(r.make((3,), dt, dv)), _rg(_pos(r, (4, 9), dt, dv)), 0.05, f))
     CASES[f"descent_constraints-{_form}-ref"] = (S.descent_constraints.default, lambda r, dt, dv, f=_form: (
         _rg(r.make((4, 5, 33), dt, dv)), _rg(r.make((5, 33), dt, dv)), 0.05, f))
     CASES[f"descent_constraints-{_form}-noref"] = (S.descent_constraints.default, lambda r, dt, dv, f=_form: (
