@@ -134,6 +134,18 @@ def test_resume_of_another_variant(trained, cache_dir, capsys):
     assert "--overwrite" in err and err.count("\n") == 1
 
 
+def test_resume_of_a_corrupt_checkpoint(tmp_path, cache_dir, capsys):
+    run = tmp_path / "run"
+    argv = ["lista", "train", "--preset", "tiny", "--epochs", "1", "--out", str(run), "--quiet", "--data-cache", cache_dir]
+    assert cli.main(argv) == 0
+    (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:1000])  # truncated
+    capsys.readouterr()
+    assert cli.main(argv + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sdu-ext: error: resume: checkpoint: ") and "last.pt" in err and err.count("\n") == 1
+    assert err.rstrip().endswith(f"pass --overwrite instead of --resume to start {str(run)!r} afresh")
+
+
 def test_resume_mismatch_names_the_field(trained, cache_dir):
     preset = presets.get_preset("tiny")
     preset.method.eps = 0.1

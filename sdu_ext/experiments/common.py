@@ -118,8 +118,11 @@ def _differences(old: Any, new: Any, where: str = "") -> List[str]:
 
 def _check_resumable(last: str, experiment: Experiment, variant: str, run_dir: str) -> None:
     """CLIError naming what differs when ``last`` cannot be continued as ``variant`` of the preset."""
-    meta = load_checkpoint(last).get("metadata") or {}
     afresh = f"pass --overwrite instead of --resume to start {run_dir!r} afresh"
+    try:
+        meta = load_checkpoint(last).get("metadata") or {}
+    except ValueError as e:  # unreadable, truncated or foreign
+        raise CLIError(f"resume: {e}; {afresh}") from e
     old_variant = meta.get("variant", variant)
     if old_variant != variant:
         raise CLIError(f"resume: {last!r} holds the {old_variant!r} network, not {variant!r}; {afresh}")
