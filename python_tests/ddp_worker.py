@@ -88,12 +88,12 @@ def run_case(name, checkpoint_dir=None, epochs=None, resume=False):
     trainer = PrimalDualTrainer(model, train, val, TrainConfig(**kw), DescentConstraints(**constraint_kw),
                                 forward=forward_from_y0)
     saves = []
-    real_save = trainer_module.atomic_save
-    trainer_module.atomic_save = lambda obj, path: (saves.append(path), real_save(obj, path))
+    real_save = trainer_module.save_checkpoint
+    trainer_module.save_checkpoint = lambda obj, path: (saves.append(path), real_save(obj, path))
     try:
         history = trainer.fit(resume=resume)
     finally:
-        trainer_module.atomic_save = real_save
+        trainer_module.save_checkpoint = real_save
     return {"model": model.state_dict(), "multipliers": trainer.multipliers, "slacks": trainer.slacks,
             "history": [{k: v for k, v in row.items() if k != "time_s"} for row in history], "saves": len(saves)}
 

@@ -481,8 +481,10 @@ def test_atomic_checkpoint_survives_a_crash_during_write(tmp_path, monkeypatch):
     assert_same_state(after["model"], before["model"])
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
 
-    # a torn temporary file left by a kill is ignored, and the run still completes
-    (tmp_path / ".last.pt.tmp.12345").write_bytes(b"torn")
+    # a torn temporary file left by a killed writer is ignored, and the run still completes
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (tmp_path / f".last.pt.tmp.{dead}").write_bytes(b"torn")
     resumed = small_trainer(tmp_path, epochs=3)
     resumed.fit(resume=True)
     full = small_trainer(tmp_path / "full", epochs=3)

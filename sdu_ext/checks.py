@@ -6,11 +6,12 @@ and stored in checkpoints, where other integer types do not round-trip.
 """
 import math
 import numbers
+import os
 
 import torch
 
 __all__ = ["check_int", "check_real", "check_choice", "check_eps", "check_layers", "check_positive",
-           "check_instance", "check_callable", "choices", "describe", "is_int", "is_real", "is_plain_real"]
+           "check_instance", "check_callable", "check_directory", "choices", "describe", "is_int", "is_real", "is_plain_real"]
 
 
 def choices(values):
@@ -91,3 +92,19 @@ def check_callable(value, name):
     if value is not None and not callable(value):
         raise ValueError(f"{name}: expected a callable, got {type(value).__name__}")
     return value
+
+
+def check_directory(path, name):
+    """ValueError unless ``path`` is None or a directory that exists or can be created: the
+    path itself and its nearest existing ancestor must not be files."""
+    if path is None:
+        return None
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise ValueError(f"{name}: expected a directory path or None, got {path!r}")
+    probe = os.path.abspath(os.fspath(path))
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        where = "" if probe == os.path.abspath(os.fspath(path)) else f" inside {probe!r}, which is"
+        raise ValueError(f"{name}: expected a directory, got {os.fspath(path)!r},{where} a file")
+    return path

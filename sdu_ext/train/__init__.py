@@ -7,9 +7,10 @@
 - :class:`PrimalDualTrainer`: constrained / standard / noisy / layer-wise training,
   one public :meth:`~PrimalDualTrainer.step`, projected dual ascent, resilient relaxation,
   model selection, early stopping, atomic resumable checkpoints, CSV/JSON logs, DDP.
-- :func:`atomic_save`, :func:`load_checkpoint`: the checkpoint files.
+- :func:`save_checkpoint`, :func:`load_checkpoint`: the checkpoint files (atomic, with a
+  SHA-256 digest); :func:`atomic_save`: an atomic ``torch.save`` without one.
 """
-from .checkpoint import atomic_save, load_checkpoint
+from .checkpoint import atomic_save, load_checkpoint, save_checkpoint
 from .config import MODES, TrainConfig
 from .constraints import RESIDUALS, ConstraintValues, DescentConstraints
 from .dual import Multiplier, constraint_values
@@ -18,4 +19,4 @@ from .trainer import PrimalDualTrainer, squared_error
 
 __all__ = ["DescentConstraints", "ConstraintValues", "RESIDUALS", "TrainConfig", "MODES", "Multiplier",
            "constraint_values", "PrimalDualTrainer", "NonFiniteError", "squared_error", "atomic_save",
-           "load_checkpoint"]
+           "save_checkpoint", "load_checkpoint"]

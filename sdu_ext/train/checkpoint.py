@@ -10,13 +10,14 @@ from typing import Any, Dict, Union
 
 import torch
 
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes, read_framed, write_framed
 from .config import DEPRECATED_MODES, RESUMABLE, TrainConfig
 from .data import seed_for
 
-__all__ = ["FORMAT", "atomic_save", "atomic_write_text", "atomic_write_json", "load_checkpoint"]
+__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "atomic_save", "atomic_write_text", "atomic_write_json"]
 
 FORMAT = "sdu_ext.train/1"
+MAGIC = b"SDU_EXT-CHECKPOINT-SHA256:"
 
 
 def atomic_save(obj: Any, path: Union[str, os.PathLike]) -> None:
@@ -38,24 +39,54 @@ def atomic_write_json(obj: Any, path: Union[str, os.PathLike]) -> None:
     atomic_write_text(json.dumps(obj, indent=1, allow_nan=True) + "\n", path)
 
 
-def load_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") -> Dict[str, Any]:
-    """Load a checkpoint written by :func:`atomic_save` (``weights_only=True``).
+def save_checkpoint(obj: Any, path: Union[str, os.PathLike]) -> None:
+    """``torch.save(obj)`` to ``path`` atomically, behind a header with the SHA-256 digest of
+    the bytes, which :func:`load_checkpoint` verifies. ``obj``: tensors and plain Python
+    containers/scalars only (read back with ``weights_only=True``)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_framed(buf.getvalue(), path, MAGIC)
 
-    Raises FileNotFoundError naming ``path`` when it does not exist, and ValueError
-    when the file is not a readable sdu_ext training checkpoint.
+
+def load_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") -> Dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (digest verified) or by
+    :func:`atomic_save` (an older file without a digest), with ``weights_only=True``.
+
+    Raises FileNotFoundError naming ``path`` when it does not exist, and ValueError with
+    one line naming ``path`` when it is damaged (flipped bytes, truncated) or not an
+    sdu_ext training checkpoint.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint: no file at {path!r}")
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw.startswith(MAGIC):
+        try:
+            body = read_framed(raw, MAGIC)
+        except ValueError as e:
+            raise ValueError(f"checkpoint: {path!r} is damaged: {e}") from None
+    elif raw.startswith(b"PK"):  # a torch.save zip archive (atomic_save; no digest to check)
+        body = raw
+    else:
+        raise ValueError(f"checkpoint: {path!r} is not a readable checkpoint (it is neither an sdu_ext "
+                         f"checkpoint with a digest nor a torch.save archive)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(io.BytesIO(body), map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 (unpickling raises many kinds)
-        raise ValueError(f"checkpoint: {path!r} is not a readable checkpoint ({type(e).__name__}: {e})") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"checkpoint: {path!r} is not a readable checkpoint ({type(e).__name__}: {first})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         got = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"checkpoint: {path!r} is not an sdu_ext training checkpoint "
                          f"(expected format {FORMAT!r}, got {got!r})")
     return state
+
+
+def plain_state(state):
+    """``state`` (a model state_dict) with the ``_orig_mod.`` prefix of ``torch.compile`` removed."""
+    prefix = "_orig_mod."
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
 
 
 def clone_state(state):

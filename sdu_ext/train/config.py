@@ -1,5 +1,6 @@
 """Training configuration (SPEC section 4): one dataclass, validated when built."""
 import dataclasses
+import inspect
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ MODES = ("constrained", "standard", "noisy", "layerwise")
 # Old names of modes, still accepted (and found in old checkpoints).
 DEPRECATED_MODES = {"unconstrained": "standard"}
 DUAL_EVERY = ("batch", "epoch")
+AUTOCAST = (None, "bfloat16", "float16")
 
 # Fields a resumed run may change: they do not alter the trajectory of the run
 # (``epochs`` only extends it; the layer-wise stage plan depends on it, so a
@@ -41,6 +43,9 @@ class TrainConfig:
             batch with fewer samples than ranks is always dropped.
         shuffle: draw a new order of the training samples every epoch (seeded, the same
             on every rank); False takes them in their stored order.
+        autocast: None, ``"bfloat16"`` or ``"float16"``: run the model's forward under
+            ``torch.autocast`` in that dtype; the iterates are then upcast to float32 (at least)
+            for the loss and the constraints, and the multipliers stay float64.
     Method:
         mode: ``"constrained"`` (task loss on the last layer + descent constraints;
             noise between layers when the trainer is given a noise hook),
@@ -98,6 +103,7 @@ class TrainConfig:
     progress: bool = False
     tensorboard: bool = True
     shuffle: bool = True
+    autocast: Optional[str] = None
 
     def __post_init__(self):
         if not is_int(self.epochs) or self.epochs < 0:
@@ -116,12 +122,15 @@ class TrainConfig:
             got = "a dict with 'lr' (set TrainConfig.lr)" if isinstance(self.optimizer_kwargs, dict) \
                 else type(self.optimizer_kwargs).__name__
             raise ValueError(f"optimizer_kwargs: expected a dict of extra optimizer arguments, got {got}")
+        self._check_optimizer_kwargs()
         if self.dual_every not in DUAL_EVERY:
             raise ValueError(f"dual_every: expected one of {choices(DUAL_EVERY)}, got {self.dual_every!r}")
         if self.mode in DEPRECATED_MODES:
             warnings.warn(f"mode: {self.mode!r} is deprecated, use {DEPRECATED_MODES[self.mode]!r}",
                           DeprecationWarning, stacklevel=3)
             self.mode = DEPRECATED_MODES[self.mode]
+        if self.autocast not in AUTOCAST:
+            raise ValueError(f"autocast: expected one of {choices(AUTOCAST)}, got {self.autocast!r}")
         if not isinstance(self.shuffle, bool):
             raise ValueError(f"shuffle: expected True or False, got {self.shuffle!r}")
         if self.mode not in MODES:
@@ -141,6 +150,20 @@ class TrainConfig:
         except (RuntimeError, TypeError):
             raise ValueError(f"device: expected a torch device string such as 'cpu' or 'cuda', "
                              f"got {self.device!r}") from None
+
+    def _check_optimizer_kwargs(self):
+        """Build the optimizer once on a dummy parameter, so a bad argument fails here, not in fit()."""
+        cls = getattr(torch.optim, self.optimizer)
+        known = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "params", "lr")]
+        unknown = sorted(set(self.optimizer_kwargs) - set(known))
+        if unknown:
+            raise ValueError(f"optimizer_kwargs: expected arguments of torch.optim.{self.optimizer} "
+                             f"({', '.join(known)}), got {', '.join(map(repr, unknown))}")
+        try:
+            cls([torch.zeros(1, requires_grad=True)], lr=self.lr, **self.optimizer_kwargs)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"optimizer_kwargs: torch.optim.{self.optimizer} rejects "
+                             f"{self.optimizer_kwargs!r} ({e})") from None
 
     @staticmethod
     def _check_schedule(schedule):

@@ -4,7 +4,8 @@ from typing import List, Tuple
 
 import torch
 
-__all__ = ["TrainingData", "to_device", "seed_for", "train_batches", "eval_batches", "world_and_rank"]
+__all__ = ["TrainingData", "to_device", "seed_for", "train_batches", "eval_batches", "world_and_rank",
+           "check_targets"]
 
 
 def world_and_rank() -> Tuple[int, int]:
@@ -87,3 +88,16 @@ def eval_batches(n: int, batch_size: int, world: int = 1, rank: int = 0) -> List
     """This rank's contiguous shard of ``range(n)`` in batches of ``batch_size``."""
     shard = torch.tensor_split(torch.arange(n), world)[rank]
     return list(torch.split(shard, batch_size)) if shard.numel() else []
+
+
+def check_targets(batch, output):
+    """ValueError unless ``batch[1]`` (the targets y*) has the shape and dtype of ``output``
+    (a layer's output (B, ...)), as the squared error and the distance residual need."""
+    y = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+    if not isinstance(y, torch.Tensor) or y.shape != output.shape:
+        got = f"shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(f"y*: expected the targets batch[1] of shape {tuple(output.shape)} (a layer's "
+                         f"output), got {got}")
+    if y.dtype != output.dtype:
+        raise ValueError(f"y*: expected the targets batch[1] in {output.dtype} (the dtype of the "
+                         f"iterates), got {y.dtype}")

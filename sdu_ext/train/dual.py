@@ -12,7 +12,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..checks import is_real
+from ..checks import check_eps, is_real
 from ..reference import FORMS, RATIO_FLOOR
 from .data import world_and_rank
 
@@ -37,6 +37,7 @@ def constraint_values(form: str, eps: float, count, sample_sums: torch.Tensor,
     other contributions detached give the gradient of the global value).
     """
     if form == "ratio_of_means":
+        eps = check_eps(eps)
         prev = (norm_sums[:-1] / count).clamp_min(RATIO_FLOOR)
         return (norm_sums[1:] / count) / prev - (1.0 - eps)
     if form in FORMS:

@@ -61,3 +61,17 @@ def check_multipliers(groups, duals, epoch, when):
         if bad is not None:
             what, l, value = bad
             _fail(f"{what}_{l} ({value}) of group {g.name!r}", epoch, l, f" ({when})")
+
+
+def check_state(model, optimizer, epoch):
+    """NonFiniteError naming the first non-finite floating tensor of ``model``'s state_dict or
+    of ``optimizer``'s state (after the last step of 0-based ``epoch``), so that no checkpoint
+    is written from it."""
+    named = [(f"weight {k!r}", v) for k, v in model.state_dict().items()]
+    if optimizer is not None:
+        named += [(f"optimizer state {k!r}", v) for st in optimizer.state.values() for k, v in st.items()]
+    for what, t in named:
+        if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()) \
+                and not bool(torch.isfinite(t).all()):
+            _fail(what, epoch, None, " (after its last step; no checkpoint was written from it, the files "
+                                     "hold the previous epoch)")

@@ -6,19 +6,20 @@ residuals given by :class:`~sdu_ext.train.DescentConstraints` groups.
 """
 import os
 import time
+from contextlib import nullcontext
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from ..checks import check_callable, check_eps, check_instance
-from .checkpoint import (FORMAT, atomic_save, check_resumable, clone_state, load_checkpoint, rng_state,
-                         set_rng_state)
+from ..checks import check_callable, check_directory, check_eps, check_instance
+from .checkpoint import (FORMAT, check_resumable, clone_state, load_checkpoint, plain_state, rng_state,
+                         save_checkpoint, set_rng_state)
 from .config import TrainConfig
 from .constraints import DescentConstraints, Stats, reduce_batch
-from .data import TrainingData, eval_batches, seed_for, to_device, train_batches, world_and_rank
+from .data import TrainingData, check_targets, eval_batches, seed_for, to_device, train_batches, world_and_rank
 from .dual import Multiplier, group_multipliers
-from .finite import NonFiniteError, check_loss, check_multipliers, check_values
+from .finite import NonFiniteError, check_loss, check_multipliers, check_state, check_values
 from .layerwise import check_plan, layer_parameter_sets, stage_of
 from .logs import HistoryLog, epoch_row
 
@@ -128,6 +129,8 @@ class PrimalDualTrainer:
             check_callable(fn, name)
         check_instance({} if metadata is None else metadata, "metadata", dict, "a dict")
 
+        for name in ("checkpoint_dir", "log_dir"):
+            check_directory(getattr(cfg, name), name)
         self.world, self.rank = world_and_rank()
         device = torch.device(cfg.device)
         if device.type == "cuda" and device.index is None and self.world > 1:
@@ -184,6 +187,10 @@ class PrimalDualTrainer:
 
     # -------------------------------------------------------------- setup
 
+    def _module(self):
+        """The model without a ``torch.compile`` wrapper: its state_dict has the plain keys."""
+        return getattr(self.model, "_orig_mod", self.model)
+
     def _probe_layers(self):
         L = getattr(self.model, "num_layers", None)
         if isinstance(L, int) and L >= 1:
@@ -194,15 +201,21 @@ class PrimalDualTrainer:
         return it.shape[0] - 1
 
     def _iterates(self, model, batch, noise):
-        if self._forward is not None:
-            it = self._forward(model, batch, noise)
-        elif noise is None:
-            it = model(batch[0], return_all=True)
-        else:
-            it = model(batch[0], return_all=True, noise=noise)
+        """The iterates (L+1, B, ...); under ``config.autocast`` the forward runs in that dtype and
+        the iterates come back in float32 (or wider), where the loss and constraints are taken."""
+        autocast = self.config.autocast
+        with torch.autocast(self.device.type, dtype=getattr(torch, autocast)) if autocast else nullcontext():
+            if self._forward is not None:
+                it = self._forward(model, batch, noise)
+            elif noise is None:
+                it = model(batch[0], return_all=True)
+            else:
+                it = model(batch[0], return_all=True, noise=noise)
         if not isinstance(it, torch.Tensor) or it.dim() < 3:
             got = tuple(it.shape) if isinstance(it, torch.Tensor) else type(it).__name__
             raise ValueError(f"model: expected the forward pass to return stacked iterates (L+1, B, ...), got {got}")
+        if autocast is not None and it.is_floating_point():
+            it = it.to(torch.promote_types(it.dtype, torch.float32))
         return it
 
     def _stage_of(self, epoch):
@@ -263,6 +276,8 @@ class PrimalDualTrainer:
             return [g(it, batch, eps=e, problem=self.problem) for g, e in zip(self.groups, eps)]
 
     def _per_sample_loss(self, output, batch):
+        if self.loss_fn is squared_error or any(g.residual == "distance" for g in self.groups):
+            check_targets(batch, output)
         loss = self.loss_fn(output, batch)
         if not isinstance(loss, torch.Tensor) or tuple(loss.shape) != (output.shape[0],):
             got = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
@@ -375,7 +390,12 @@ class PrimalDualTrainer:
         if resume and path is None:
             raise ValueError("resume: needs config.checkpoint_dir, got None")
         if resume and os.path.exists(path):
-            self._load_training_state(load_checkpoint(path, map_location="cpu"))
+            try:
+                state = load_checkpoint(path, map_location="cpu")
+            except ValueError as e:
+                raise ValueError(f"resume: {e}; resuming needs a valid {LAST}: delete it to start over "
+                                 "(sdu-ext: --overwrite)") from None
+            self._load_training_state(state)
         else:
             self._fresh_start()
         self._wrap()
@@ -387,7 +407,7 @@ class PrimalDualTrainer:
                 self._log.close()
                 self._log = None
         if cfg.restore_best and self._best_state is not None:
-            self.model.load_state_dict(self._best_state)
+            self._module().load_state_dict(self._best_state)
         return self.history
 
     def _fresh_start(self):
@@ -472,6 +492,7 @@ class PrimalDualTrainer:
             self._check_values(c_all, epoch, None, "constraint value (training-set estimate)")
             self._dual_step(c_all, epoch)
 
+        check_state(self._module(), self.optimizer, epoch)
         val_stats = None
         if self.val_data is not None:
             val_stats = self._estimate(self.val_data, None, eps, train_mode=False)
@@ -482,7 +503,7 @@ class PrimalDualTrainer:
         improved = score is None or self.best_loss is None or score < self.best_loss
         if improved:
             self.best_loss, self.best_epoch = score, self.epoch
-            self._best_state = clone_state(self.model.state_dict())
+            self._best_state = clone_state(self._module().state_dict())
             self._stale = 0
         else:
             self._stale += 1
@@ -518,7 +539,7 @@ class PrimalDualTrainer:
             "stage": self.stage,
             "finished": self.finished,
             "stopped_early": self._stopped,
-            "model": self.model.state_dict(),
+            "model": self._module().state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "dual": {"groups": [g.name for g in self.groups],
                      "layers": [[i + 1 for i in a] for a in self._active],
@@ -539,11 +560,11 @@ class PrimalDualTrainer:
         if self.rank == 0:
             if cfg.checkpoint_dir:
                 if improved:
-                    atomic_save({"format": FORMAT, "kind": "best", "config": cfg.to_dict(),
+                    save_checkpoint({"format": FORMAT, "kind": "best", "config": cfg.to_dict(),
                                  "metadata": self.metadata, "epoch": self.best_epoch,
                                  "val_loss": self.best_loss, "model": self._best_state},
                                 os.path.join(cfg.checkpoint_dir, BEST))
-                atomic_save(state, os.path.join(cfg.checkpoint_dir, LAST))
+                save_checkpoint(state, os.path.join(cfg.checkpoint_dir, LAST))
             self._write_logs()
         if self.world > 1:
             torch.distributed.barrier()
@@ -553,7 +574,7 @@ class PrimalDualTrainer:
         check_resumable(state, cfg, [g.name for g in self.groups], [[i + 1 for i in a] for a in self._active])
         dual = state["dual"]
         try:
-            self.model.load_state_dict(state["model"])
+            self._module().load_state_dict(plain_state(state["model"]))
         except RuntimeError as e:
             raise ValueError(f"resume: the checkpoint's weights do not fit this model: {e}") from e
         self.epoch = int(state["epoch"])
