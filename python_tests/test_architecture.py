@@ -1,5 +1,5 @@
 """The package's layout rules: every module imports, no import circle (module-level or inside
-functions), no module over 600 lines, no single-letter module aliases, and the CLI stays
+functions), no module over 600 lines, no single-letter aliases of sdu_ext modules, and the CLI stays
 torch-free until a command runs."""
 import ast
 import importlib

@@ -10,10 +10,11 @@
   checkpoint reading and the checks of a run's folder, device and epochs.
 - :mod:`~sdu_ext.experiments.claims`: the paper's claims checked on the metrics, and the
   plain-language reading of a report.
+- :mod:`~sdu_ext.experiments.verdicts`: claims decided from seeds (one interval rule; pure functions).
 - :mod:`~sdu_ext.experiments.report`: report and table helpers and the two report writers.
 
 The configurations live in :mod:`sdu_ext.presets`; the ``sdu-ext`` command
 (:mod:`sdu_ext.cli`) parses arguments and calls the entry points of ``lista`` and
 ``inpaint``. Importing this package imports nothing else (the CLI stays fast).
 """
-__all__ = ["lista", "inpaint", "common", "claims", "report"]
+__all__ = ["lista", "inpaint", "common", "claims", "verdicts", "report"]
