@@ -98,6 +98,36 @@ def run_case(name, checkpoint_dir=None, epochs=None, resume=False):
             "history": [{k: v for k, v in row.items() if k != "time_s"} for row in history], "saves": len(saves)}
 
 
+def run_cooper(distributed):
+    """The constrained LISTA problem through the cooper adapter (float64, SGD dual step every
+    batch, global batches in the stored order), on this rank's shard of every global batch
+    (DDP) or alone on the whole batches with the trainer (``distributed=False``): returns
+    ``{"model": state_dict, "multipliers": (L,)}``."""
+    from sdu_ext.models import LISTA
+    from sdu_ext.train import DescentConstraints, PrimalDualTrainer, TrainConfig
+
+    D, train, _ = make_problem(seed=5, n_train=150, n_val=10, dtype=torch.float64)
+    torch.manual_seed(0)
+    model = LISTA(D, ALPHA, L, init="ista")
+    group = DescentConstraints("distance", "ratio_of_means", eps=0.3)
+    lr, lr_dual, batch_size, epochs = 5e-3, 2.0, 40, 2
+    if not distributed:
+        trainer = PrimalDualTrainer(model, train, None, TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr,
+                                                                    lr_dual=lr_dual, shuffle=False), group)
+        trainer.fit()
+        return {"model": model.state_dict(), "multipliers": trainer.multipliers["descent"]}
+    from sdu_ext.integrations.cooper import DescentProblem, simultaneous_optimizer
+    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    wrapped = torch.nn.parallel.DistributedDataParallel(model)
+    problem = DescentProblem(wrapped, group)
+    optimizer = simultaneous_optimizer(problem, torch.optim.Adam(model.parameters(), lr=lr), lr_dual)
+    for _ in range(epochs):
+        for start in range(0, train[0].shape[0], batch_size):
+            shard = torch.tensor_split(torch.arange(start, min(start + batch_size, train[0].shape[0])), world)[rank]
+            optimizer.roll({"batch": tuple(t[shard] for t in train)})
+    return {"model": model.state_dict(), "multipliers": problem.multiplier_values["descent"]}
+
+
 def main(out):
     torch.distributed.init_process_group("gloo")
     rank = torch.distributed.get_rank()
@@ -113,6 +143,12 @@ def main(out):
         nu = Multiplier(init=[rank + 1.0, 0.25], lr=0.5, resilient=True)
         nu.step(torch.tensor([0.0, 2.0 * rank], dtype=torch.float64))
         torch.save(nu.all_reduce().state_dict(), os.path.join(out, f"multiplier.rank{rank}.pt"))
+        try:
+            import cooper  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            torch.save(run_cooper(distributed=True), os.path.join(out, f"cooper.rank{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()
 

@@ -6,6 +6,7 @@ Everything trains tiny LASSO problems (n=20, m=40, L=4) with fixed seeds, one th
 """
 import csv
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -362,6 +363,16 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     for r in range(2):
         state = torch.load(tmp_path / f"multiplier.rank{r}.pt", weights_only=True)
         assert state["value"].tolist() == [1.5, 0.75] and state["slack"].tolist() == [0.75, 0.125]
+    # the cooper adapter under DDP (its constraint reduction) = the trainer alone on the whole batches
+    if importlib.util.find_spec("cooper") is not None:
+        ref = W.run_cooper(distributed=False)
+        assert ref["multipliers"].max() > 0.01
+        for r in range(2):
+            got = torch.load(tmp_path / f"cooper.rank{r}.pt", weights_only=True)
+            torch.testing.assert_close(got["multipliers"], ref["multipliers"], rtol=1e-6, atol=1e-6)
+            for k, v in ref["model"].items():
+                if isinstance(v, torch.Tensor):
+                    torch.testing.assert_close(got["model"][k], v, rtol=1e-6, atol=1e-6, msg=k)
 
 
 # ---------------------------------------------------------------- failures
