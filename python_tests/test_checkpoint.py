@@ -144,6 +144,8 @@ def damaged_copies(src, tmp_path):
     buf = tmp_path / "tensor.pt"
     torch.save(torch.zeros(3), buf)
     copies["foreign-torch-file"] = buf.read_bytes()
+    torch.save({"model": torch.nn.Linear(2, 2)}, buf)  # a pickled module: refused by weights_only
+    copies["pickled-object"] = buf.read_bytes()
     out = {}
     for name, content in copies.items():
         out[name] = tmp_path / name / "last.pt"
@@ -157,7 +159,8 @@ def test_damaged_or_foreign_checkpoints_give_one_clear_error(checkpoint_dir, tmp
     expected = {"flipped": "is damaged: its SHA-256 digest does not match its contents",
                 "truncated": "is damaged: its SHA-256 digest does not match its contents",
                 "text": "is not a readable checkpoint",
-                "foreign-torch-file": "is not an sdu_ext training checkpoint"}
+                "foreign-torch-file": "is not an sdu_ext training checkpoint",
+                "pickled-object": "is not a readable checkpoint (UnpicklingError: "}
     for name, path in damaged_copies(checkpoint_dir / "last.pt", tmp_path).items():
         with pytest.raises(ValueError) as e:
             load_checkpoint(path)
