@@ -418,12 +418,27 @@ def test_raw_inplace_op_with_grad_raises(rng):
 
 def test_export_public_ops(rng):
     class M(torch.nn.Module):
-        def forward(self, x, theta, it):
-            v, _, n = ops.descent_constraints(it, None, 0.05, "mean_ratio", return_norms=True)
-            return ops.soft_threshold(x, theta), v, n
+        def forward(self, x, theta, it, ref, y, xs, W1, W2, g):
+            v, _, n = ops.descent_constraints(it, ref, 0.05, "mean_ratio", return_norms=True)
+            w, _ = ops.descent_violations(n, 0.1, "ratio_of_means")
+            z = ops.soft_threshold(x, theta)
+            ops.soft_threshold_(z, 0.05)
+            return (z, v, n, w, ops.residual_norms(it), ops.lista_layer(y, xs, W1, W2, theta[:5]),
+                    ops.min_norm_subgradient(g, z, 0.3))
 
-    args = (rng.make((4, 7), torch.float32), rng.make((7,), torch.float32, kind="rand"),
-            rng.make((3, 4, 5), torch.float32))
+    f32 = torch.float32
+    args = (rng.make((4, 7), f32), rng.make((7,), f32, kind="rand"), rng.make((3, 4, 5), f32),
+            rng.make((4, 5), f32), rng.make((3, 5), f32), rng.make((3, 2), f32), rng.make((5, 5), f32),
+            rng.make((5, 2), f32), rng.make((4, 7), f32))
     ep = torch.export.export(M(), args)
-    for a, e in zip(ep.module()(*args), M()(*args)):
-        check(a, e.double(), torch.float32, rng, "exported program")
+    for k, (a, e) in enumerate(zip(ep.module()(*args), M()(*args))):
+        check(a, e.double(), f32, rng, f"exported program output {k}")
+
+
+def test_raw_inplace_op_vmap_writes_each_sample(rng):
+    x, theta = rng.make((3, 4, 5)), rng.rand(3, 5)
+    expected = reference.soft_threshold(x, theta.unsqueeze(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.vmap(lambda a, t: torch.ops.sdu.soft_threshold_(a, t), out_dims=None)(x, theta)
+    check(x, expected, F64, rng, "vmap of the raw in-place op")
