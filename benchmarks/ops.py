@@ -163,6 +163,11 @@ def build_benches(device: str, ops: set[str]) -> list[Bench]:
         ):
             benches.append(Bench(case, "soft_threshold", "out_of_place", provider, fn, [x, theta],
                                  grad_inputs=[x, theta], bytes_model=bm))
+        # torch.vmap over the rows runs the op's batching rule: it must cost what the
+        # stacked call costs.
+        benches.append(Bench(case, "soft_threshold", "vmap", "sdu_ext",
+                             torch.vmap(sdu_ops.soft_threshold, in_dims=(0, None)), [x, theta],
+                             grad_inputs=[x, theta], bytes_model=bm))
         benches.append(Bench(case, "soft_threshold_", "inplace", "sdu_ext", sdu_ops.soft_threshold_,
                              [x, theta], grad_inputs=[x, theta], fresh=_inplace_args(x, theta),
                              bytes_model=bm))
@@ -426,6 +431,10 @@ def targets(rows: list[dict[str, Any]]) -> list[Target]:
     at_least("soft_threshold full vs compile", _ratio(_row(rows, st, "compile", "full"), sdu_full), 1.1)
     at_least("soft_threshold_ (in place) vs out-of-place, forward",
              _ratio(sdu_f, _row(rows, st, "sdu_ext", "forward", "inplace")), 2.0)
+    for mode in ("forward", "full"):
+        ratio = _ratio(_row(rows, st, "sdu_ext", mode, "vmap"), _row(rows, st, "sdu_ext", mode, "out_of_place"))
+        out.append(Target(f"soft_threshold vmap over rows / stacked call, {mode}", ratio, "<= 1.2x",
+                          None if ratio is None else ratio <= 1.2))
 
     for form in DC_FORMS:
         dc = f"descent_constraints {form}"
