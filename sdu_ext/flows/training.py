@@ -72,7 +72,7 @@ def train_glow(glow, images, *, epochs, batch_size, lr, seed, n_bins=32, progres
     training bits/dim over the epoch's samples, "seconds": wall time of the epoch}``.
     Raises :class:`sdu_ext.train.NonFiniteError` if the loss becomes NaN/Inf.
     """
-    from ..train.trainer import NonFiniteError
+    from ..train.finite import NonFiniteError
 
     if not isinstance(glow, Glow):
         raise ValueError(f"glow: expected a Glow, got {type(glow).__name__}")
