@@ -1,6 +1,7 @@
 """sdu_ext.nn: SoftThreshold and LISTALayer (learnable thresholds get gradients, a few
 optimiser steps reduce a loss, state_dict round trip) and the ISTA initialisation."""
 import io
+import re
 
 import pytest
 import torch
@@ -139,9 +140,12 @@ def test_lista_layer_state_dict_roundtrip(rng):
     assert "m=5, n=3" in repr(b)
 
 
-@pytest.mark.parametrize("m,n", [(0, 3), (3, 0), (-1, 2)])
-def test_lista_layer_rejects_bad_sizes(m, n):
-    with pytest.raises(ValueError, match=r"m, n: expected positive sizes"):
+@pytest.mark.parametrize("m,n,match", [(0, 3, "m: expected an integer >= 1, got 0"),
+                                        (3, 0, "n: expected an integer >= 1, got 0"),
+                                        (-1, 2, "m: expected an integer >= 1, got -1"),
+                                        (2.5, 2, "m: expected an integer >= 1, got 2.5")])
+def test_lista_layer_rejects_bad_sizes(m, n, match):
+    with pytest.raises(ValueError, match="^" + re.escape(match) + "$"):
         sdu_nn.LISTALayer(m, n)
 
 

@@ -11,7 +11,8 @@ import os
 import torch
 
 __all__ = ["check_int", "check_real", "check_choice", "check_eps", "check_layers", "check_positive",
-           "check_instance", "check_callable", "check_directory", "choices", "describe", "is_int", "is_real", "is_plain_real"]
+           "check_instance", "check_callable", "check_directory", "check_number", "check_finite_tensor", "choices",
+           "describe", "is_int", "is_real", "is_plain_real"]
 
 
 def choices(values):
@@ -74,10 +75,51 @@ def check_layers(num_layers, name="num_layers"):
 
 
 def check_positive(value, name):
-    """Return ``float(value)`` if it is a number > 0, else raise ValueError naming ``name``."""
-    if not is_real(value) or not value > 0:
-        raise ValueError(f"{name}: expected a positive number, got {value!r}")
-    return float(value)
+    """Return ``float(value)`` if it is a finite number > 0, else raise ValueError naming ``name``."""
+    return check_number(value, name, low=0.0, strict=True, what="a positive number")
+
+
+def _shown(value):
+    """A short account of a received value for messages: repr of scalars, shape of tensors."""
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if value is None or isinstance(value, (numbers.Number, str)):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
+def check_number(value, name, low=None, strict=False, what=None, finite=True):
+    """Return ``float(value)`` for a real number (a Python or numpy number, not bool, or a
+    one-element floating/integer tensor) within the bound, else raise ValueError.
+
+    ``low``: lower bound (``strict``: value > low, else value >= low); ``what``: how the
+    message states the bound (default ``"a number >= low"``); ``finite``: reject +-inf.
+    NaN fails the bound (or, without one, the finiteness check).
+    """
+    raw = value
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool \
+            and not value.is_complex():
+        value = value.item()
+    if not is_real(value):
+        raise ValueError(f"{name}: expected a real number, got {_shown(raw)}")
+    v = float(value)
+    if low is not None and not (v > low if strict else v >= low):
+        what = what or f"a number {'>' if strict else '>='} {low:g}"
+        raise ValueError(f"{name}: expected {what}, got {_shown(value)}")
+    if finite and not math.isfinite(v):
+        raise ValueError(f"{name}: expected a finite number, got {_shown(value)}")
+    return v
+
+
+def check_finite_tensor(t, name):
+    """ValueError naming ``name`` and counting the NaN and infinite entries unless every
+    entry of the floating tensor ``t`` is finite (one pass over ``t``)."""
+    if bool(torch.isfinite(t).all()):
+        return t
+    nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+    parts = [f"{k} {w}" for k, w in ((nan, "NaN"), (inf, "infinite")) if k]
+    raise ValueError(f"{name}: expected finite entries, got {' and '.join(parts)} of {t.numel()} "
+                     f"in shape {tuple(t.shape)}")
 
 
 def check_instance(value, name, cls, what):

@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import ops
+from .checks import check_finite_tensor
 
 __all__ = ["LassoResult", "ista", "fista", "solve_lasso"]
 
@@ -87,6 +88,7 @@ def _check_problem(problem, x):
         raise ValueError(f"x: expected a floating dtype, got {x.dtype}")
     if x.device != D.device:
         raise ValueError(f"x: expected device {D.device} (same as problem.D), got {x.device}")
+    check_finite_tensor(x, "x")
 
 
 def _check_common(max_iter, tol, y0, x, m, dtype):
@@ -99,6 +101,10 @@ def _check_common(max_iter, tol, y0, x, m, dtype):
     if y0 is not None and (not isinstance(y0, torch.Tensor) or tuple(y0.shape) != (x.shape[0], m)):
         got = tuple(y0.shape) if isinstance(y0, torch.Tensor) else type(y0).__name__
         raise ValueError(f"y0: expected shape ({x.shape[0]}, {m}) = (B, m), got {got}")
+    if y0 is not None:
+        if not y0.is_floating_point():
+            raise ValueError(f"y0: expected a floating dtype, got {y0.dtype}")
+        check_finite_tensor(y0, "y0")
 
 
 def _progress(progress, total, desc):
@@ -144,6 +150,8 @@ class _Classic:
         self.callback = callback
         m = problem.D.shape[1]
         _check_common(max_iter, tol, y0, x, m, dtype)
+        if step is not None and not (isinstance(step, (int, float)) and step > 0 and math.isfinite(step)):
+            raise ValueError(f"step: expected a positive finite value, got {step!r}")
         self.dtype = dtype or (problem.D.dtype if problem.D.dtype in (torch.float32, torch.float64)
                                else torch.float32)
         D = problem.D.to(self.dtype)
@@ -153,8 +161,6 @@ class _Classic:
         if step is None:
             lip = _lipschitz(problem, self.G)
             step = 1.0 / lip if lip > 0 else 1.0
-        if not (isinstance(step, (int, float)) and step > 0 and math.isfinite(step)):
-            raise ValueError(f"step: expected a positive finite value, got {step!r}")
         self.step = float(step)
         self.problem, self.x, self.max_iter, self.tol = problem, x, max_iter, tol
         B = x.shape[0]
@@ -185,8 +191,8 @@ _STOP_DOC = """
 
     Args:
         problem: :class:`~sdu_ext.problems.Lasso`.
-        x: (B, n) signals on problem.D's device.
-        y0: optional (B, m) initial codes (default zeros).
+        x: (B, n) finite signals on problem.D's device (NaN or infinite entries raise ValueError).
+        y0: optional (B, m) finite initial codes (default zeros).
         max_iter: iteration budget (>= 0).
         tol: relative-change tolerance (>= 0).
         step: gradient step (default ``1 / problem.lipschitz``).
@@ -500,9 +506,9 @@ def solve_lasso(problem, x, *, tol=1e-6, y0=None, max_iter=20000, dtype=torch.fl
 
     Args:
         problem: :class:`~sdu_ext.problems.Lasso`.
-        x: (B, n) signals, any floating dtype, on problem.D's device.
+        x: (B, n) finite signals, any floating dtype, on problem.D's device.
         tol: relative duality-gap target (> 0).
-        y0: optional (B, m) warm start.
+        y0: optional (B, m) finite warm start.
         max_iter: budget of gradient steps per signal and phase (float32, then
             float64); signals not certified within it come back with ``converged``
             False and their true gap.

@@ -22,7 +22,7 @@ class Unrolled(nn.Module):
     Args (common to every model):
         D: dictionary (n, m), floating; copied into the buffer ``D``, whose dtype and
             device are the model's (``model.to(...)`` converts it with the weights).
-        alpha: L1 weight, >= 0.
+        alpha: L1 weight, a finite number >= 0 (D's entries must be finite too).
         num_layers: L >= 1.
     Bad values raise ValueError naming the argument.
 
@@ -58,6 +58,9 @@ class Unrolled(nn.Module):
         self.num_layers = check_layers(num_layers)
         if not problem.lipschitz > 0:
             raise ValueError("D: expected a nonzero dictionary (||D||_2 > 0), got all zeros")
+        if not math.isfinite(problem.lipschitz):
+            raise ValueError(f"D: expected ||D||_2^2 finite in float64, got {problem.lipschitz} "
+                             f"(largest |entry| {float(D.detach().abs().max()):g})")
         self.n, self.m = problem.n, problem.m
         self.alpha = problem.alpha
         self.lipschitz = problem.lipschitz

@@ -64,7 +64,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write_bytes
-from ..checks import check_choice, check_int, is_plain_real
+from ..checks import check_choice, check_directory, check_int, is_plain_real
 from .lasso import Lasso
 
 __all__ = [
@@ -171,6 +171,9 @@ class DatasetConfig:
             raise ValueError(f"snr_db: expected a finite number of dB or None, got {self.snr_db!r}")
         check_choice(self.dictionary, "dictionary", _DICTIONARIES)
         check_int(self.stride, "stride", 1)
+        if not isinstance(self.images, (tuple, list)):
+            raise ValueError(f"images: expected a non-empty tuple of names from PATCH_IMAGES "
+                             f"({', '.join(PATCH_IMAGES)}), got {self.images!r}")
         object.__setattr__(self, "images", tuple(self.images))
         unknown = [i for i in self.images if i not in PATCH_IMAGES]
         if unknown or not self.images:
@@ -254,6 +257,8 @@ def load(config=None, *, cache_dir=None, cache=True, progress=None, **overrides)
     bad = sorted(set(overrides) - known)
     if bad:
         raise ValueError(f"{bad[0]}: not a DatasetConfig field (fields: {', '.join(sorted(known))})")
+    if config is not None and not isinstance(config, DatasetConfig):
+        raise ValueError(f"config: expected a DatasetConfig or None, got {type(config).__name__}")
     if config is None:
         config = DatasetConfig(**overrides)
     elif overrides:
@@ -262,8 +267,10 @@ def load(config=None, *, cache_dir=None, cache=True, progress=None, **overrides)
             # a different data set: its own defaults, not the other one's
             base = {k: v for k, v in base.items() if k not in _DEFAULTS[config.name]}
         config = DatasetConfig(**{**base, **overrides})
-    if not isinstance(config, DatasetConfig):
-        raise ValueError(f"config: expected a DatasetConfig, got {type(config).__name__}")
+    if cache:
+        # before any work: a cache folder that cannot be created fails now, not after generation
+        check_directory(cache_dir or default_cache_dir(),
+                        "cache_dir" if cache_dir else "cache_dir ($SDU_EXT_CACHE or ~/.cache/sdu_ext)")
     path = cache_path(config, cache_dir)
     if cache:
         data = read_blob(path, config.key(), lambda p: _from_payload(config, p))

@@ -2,6 +2,7 @@
 import torch
 
 from .. import ops
+from ..checks import check_finite_tensor, check_number, describe
 
 
 class Lasso:
@@ -9,18 +10,19 @@ class Lasso:
 
     Every method is batched over rows: signals ``x`` are (B, n), codes ``y`` are
     (B, m), and per-sample results are (B,). Tensors follow D's dtype and device.
+
+    ``D`` must be finite (NaN or infinite entries raise ValueError counting them);
+    ``alpha`` is a finite real number >= 0 (a Python or numpy number, or a one-element
+    tensor), stored as a float.
     """
 
     def __init__(self, D, alpha):
         if not isinstance(D, torch.Tensor) or D.dim() != 2 or not D.is_floating_point():
-            got = tuple(D.shape) if isinstance(D, torch.Tensor) else type(D).__name__
-            raise ValueError(f"D: expected a 2-D floating tensor (n, m), got {got}")
+            raise ValueError(f"D: expected a 2-D floating tensor (n, m), got {describe(D)}")
         if D.shape[0] < 1 or D.shape[1] < 1:
             raise ValueError(f"D: expected n >= 1 and m >= 1, got shape {tuple(D.shape)}")
-        if not float(alpha) >= 0:
-            raise ValueError(f"alpha: expected a non-negative value, got {alpha}")
-        self.D = D
-        self.alpha = float(alpha)
+        self.alpha = check_number(alpha, "alpha", low=0.0, what="a non-negative value")
+        self.D = check_finite_tensor(D, "D")
         self._lipschitz = None
 
     @property
@@ -39,13 +41,12 @@ class Lasso:
             self._lipschitz = float(torch.linalg.matrix_norm(self.D.double(), ord=2)) ** 2
         return self._lipschitz
 
-    def _check(self, y=None, x=None):
-        if x is not None and (x.dim() != 2 or x.shape[1] != self.n):
-            raise ValueError(f"x: expected shape (B, {self.n}) = (B, n), got {tuple(x.shape)}")
-        if y is not None and (y.dim() != 2 or y.shape[1] != self.m):
-            raise ValueError(f"y: expected shape (B, {self.m}) = (B, m), got {tuple(y.shape)}")
-        if x is not None and y is not None and x.shape[0] != y.shape[0]:
-            raise ValueError(f"x, y: batch sizes differ ({x.shape[0]} vs {y.shape[0]})")
+    def _check(self, y, x):
+        for t, name, width, what in ((x, "x", self.n, "n"), (y, "y", self.m, "m")):
+            if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[1] != width:
+                raise ValueError(f"{name}: expected a tensor of shape (B, {width}) = (B, {what}), got {describe(t)}")
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"y: expected {x.shape[0]} rows (the batch size B of x), got {y.shape[0]}")
 
     def residual(self, y, x):
         """D y - x, (B, n)."""
