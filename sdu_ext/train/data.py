@@ -90,14 +90,15 @@ def eval_batches(n: int, batch_size: int, world: int = 1, rank: int = 0) -> List
     return list(torch.split(shard, batch_size)) if shard.numel() else []
 
 
-def check_targets(batch, output):
-    """ValueError unless ``batch[1]`` (the targets y*) has the shape and dtype of ``output``
-    (a layer's output (B, ...)), as the squared error and the distance residual need."""
+def check_targets(batch, output, same_dtype=True):
+    """ValueError unless ``batch[1]`` (the targets y*) has the shape of ``output`` (a layer's
+    output (B, ...)), as the squared error needs, and its dtype with ``same_dtype`` (as the
+    distance residual's fused op needs)."""
     y = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
     if not isinstance(y, torch.Tensor) or y.shape != output.shape:
         got = f"shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
         raise ValueError(f"y*: expected the targets batch[1] of shape {tuple(output.shape)} (a layer's "
                          f"output), got {got}")
-    if y.dtype != output.dtype:
+    if same_dtype and y.dtype != output.dtype:
         raise ValueError(f"y*: expected the targets batch[1] in {output.dtype} (the dtype of the "
                          f"iterates), got {y.dtype}")

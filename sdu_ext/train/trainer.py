@@ -254,16 +254,6 @@ class PrimalDualTrainer:
             self._wrapped = DistributedDataParallel(
                 self.model, device_ids=ids)
 
-    # -------------------------------------------------------------- batches
-
-    def _train_batches(self, epoch):
-        cfg = self.config
-        return train_batches(len(self.train_data), cfg.batch_size, self._shuffle_seed, epoch, self.world,
-                             self.rank, cfg.drop_last, cfg.shuffle)
-
-    def _eval_batches(self, data):
-        return eval_batches(len(data), self.config.batch_size, self.world, self.rank)
-
     # -------------------------------------------------------------- one step
 
     def _evaluate_groups(self, iterates, batch, eps, grad):
@@ -276,8 +266,9 @@ class PrimalDualTrainer:
             return [g(it, batch, eps=e, problem=self.problem) for g, e in zip(self.groups, eps)]
 
     def _per_sample_loss(self, output, batch):
-        if self.loss_fn is squared_error or any(g.residual == "distance" for g in self.groups):
-            check_targets(batch, output)
+        distance = any(g.residual == "distance" for g in self.groups)
+        if self.loss_fn is squared_error or distance:
+            check_targets(batch, output, same_dtype=distance)
         loss = self.loss_fn(output, batch)
         if not isinstance(loss, torch.Tensor) or tuple(loss.shape) != (output.shape[0],):
             got = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
@@ -349,7 +340,7 @@ class PrimalDualTrainer:
     def _estimate(self, data, noise, eps, train_mode):
         self.model.train(train_mode)
         stats = Stats(self.num_layers, self.groups, self.device)
-        for idx in self._eval_batches(data):
+        for idx in eval_batches(len(data), self.config.batch_size, self.world, self.rank):
             batch = data.get(idx, self.device)
             it = self._iterates(self.model, batch, noise)
             stats.add(self._per_sample_loss(it[-1], batch), self._evaluate_groups(it, batch, eps, grad=False))
@@ -469,7 +460,8 @@ class PrimalDualTrainer:
         self.model.train()
         totals = Stats(self.num_layers, self.groups, self.device)
         lag_sum, steps = 0.0, 0
-        batches = self._train_batches(epoch)
+        batches = train_batches(len(self.train_data), cfg.batch_size, self._shuffle_seed, epoch, self.world,
+                                self.rank, cfg.drop_last, cfg.shuffle)
         bar = self._progress(total=len(batches), desc=f"epoch {epoch + 1}", unit="batch", leave=False)
         for b, idx in enumerate(batches):
             batch = self.train_data.get(idx, self.device)
