@@ -31,9 +31,11 @@ def _lista_inputs(rng, dtype, device):
     y, xs = rng.make((3, 5)), rng.make((3, 4))
     W1, W2 = rng.make((5, 5)) / 2, rng.make((5, 4)) / 2
     z = y @ W1.T + xs @ W2.T
-    # one threshold per column, placed between the column's |z| values
-    a = z.abs().sort(dim=0).values
-    theta = (a[0] + a[1]) / 2
+    # one threshold per column, in the middle of the widest gap between the column's |z|
+    # values (and 0), so low-precision rounding of z cannot cross a kink
+    a = torch.cat([torch.zeros(1, z.shape[1], dtype=z.dtype), z.abs()]).sort(dim=0).values
+    i = (a[1:] - a[:-1]).argmax(dim=0, keepdim=True)
+    theta = ((a.gather(0, i) + a.gather(0, i + 1)) / 2).squeeze(0)
     return [t.to(dtype=dtype, device=device) for t in (y, xs, W1, W2, theta)]
 
 
