@@ -201,6 +201,11 @@ def resume_trainer(case, checkpoint_dir, seed_model=0, progress=False):
         model = LISTA(D, W.ALPHA, L, init="paper")
         noise = LogGradientNoise(D, sigma=0.1)
         kw.update(dual_every="epoch", resilient=True, resilient_cost=0.5, patience=10)
+    elif case == "plateau":  # a reduction almost every epoch, then the early stop
+        model = LISTA(D, W.ALPHA, L, init="paper")
+        noise = FixedNoise(0.5, generator=torch.Generator().manual_seed(7))
+        kw.update(epochs=8, lr_schedule="plateau", lr_patience=1, lr_threshold=0.5, lr_reductions=3,
+                  lr_factor=0.5)
     elif case == "noisy":
         model = LISTA(D, W.ALPHA, L, init="paper")
         noise = FixedNoise(0.5)
@@ -216,7 +221,7 @@ def resume_trainer(case, checkpoint_dir, seed_model=0, progress=False):
 
 
 @pytest.mark.parametrize("case,kill_after", [("constrained-noise", 2), ("resilient-epoch", 3), ("noisy", 1),
-                                             ("layerwise", 3), ("layerwise", 4)])
+                                             ("layerwise", 3), ("layerwise", 4), ("plateau", 2), ("plateau", 3)])
 def test_resume_after_kill_matches_uninterrupted(tmp_path, case, kill_after):
     full = resume_trainer(case, tmp_path / "full")
     full_history = full.fit()
@@ -437,6 +442,14 @@ BAD = [
     (lambda: TrainConfig(optimizer="Adamm"), "optimizer"),
     (lambda: TrainConfig(patience=0), "patience"),
     (lambda: TrainConfig(device="gpu0"), "device"),
+    (lambda: TrainConfig(lr_schedule="cosine"), "lr_schedule"),
+    (lambda: TrainConfig(lr_factor=1.0), "lr_factor"),
+    (lambda: TrainConfig(lr_factor=0), "lr_factor"),
+    (lambda: TrainConfig(lr_patience=0), "lr_patience"),
+    (lambda: TrainConfig(lr_patience=1.5), "lr_patience"),
+    (lambda: TrainConfig(lr_threshold=-1e-3), "lr_threshold"),
+    (lambda: TrainConfig(lr_threshold=float("inf")), "lr_threshold"),
+    (lambda: TrainConfig(lr_reductions=-1), "lr_reductions"),
     (lambda: DescentConstraints(eps=1.0), "eps"),
     (lambda: DescentConstraints(residual="objective"), "residual"),
     (lambda: DescentConstraints(form="ratio"), "form"),
@@ -539,6 +552,45 @@ def test_early_stopping(tmp_path):
     assert len(history) == 3 and trainer.best_epoch == 1
     assert trainer.finished
     assert len(small_trainer(tmp_path, epochs=20, patience=2, optimizer="SGD", lr=1e-30).fit(resume=True)) == 3
+
+
+def test_plateau_schedule_rule():
+    """The reduce-on-plateau rule on a hand-made loss sequence (patience 2, threshold 10%)."""
+    from sdu_ext.train.schedule import PlateauSchedule
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = PlateauSchedule(factor=0.5, patience=2, threshold=0.1, reductions=1)
+    # 10 best; 9.5 is not 10% better (bad 1); 9.1 bad 2 -> reduce; 8.0 best; 7.5, 7.4 -> plateau after the
+    # last reduction -> stop
+    losses = [10.0, 9.5, 9.1, 8.0, 7.5, 7.4]
+    stops = [sched.step(v, opt) for v in losses]
+    assert stops == [False, False, False, False, False, True]
+    assert opt.param_groups[0]["lr"] == 0.5 and sched.reductions_done == 1 and sched.best == 8.0
+    again = PlateauSchedule(0.5, 2, 0.1, 1)
+    again.load_state_dict(sched.state_dict())
+    assert again.state_dict() == sched.state_dict()
+
+
+@pytest.mark.parametrize("with_val", [True, False])
+def test_plateau_schedule_reduces_lr_then_stops(tmp_path, with_val):
+    # a step too small to change any weight: every epoch after the first is a plateau
+    kw = dict(epochs=20, optimizer="SGD", lr=1e-30, lr_schedule="plateau", lr_patience=2, lr_factor=0.25,
+              lr_reductions=2)
+    trainer = small_trainer(tmp_path, **kw)
+    if not with_val:
+        trainer.val_data = None
+    history = trainer.fit()
+    lrs = [row["lr"] for row in history]
+    # epochs 1-3 at lr, reduce after epoch 3, again after 5, stop after 7
+    assert lrs == pytest.approx([1e-30] * 3 + [2.5e-31] * 2 + [6.25e-32] * 2, rel=1e-12)
+    assert trainer.finished and trainer.optimizer.param_groups[0]["lr"] == pytest.approx(6.25e-32, rel=1e-12)
+    assert load_checkpoint(tmp_path / "last.pt")["lr_schedule"] == {
+        "best": history[0]["val_loss" if with_val else "train_loss"], "bad_epochs": 0, "reductions_done": 2}
+    assert len(small_trainer(tmp_path, **kw).fit(resume=True)) == 7
+    # lr_reductions may change on resume (it only moves the end of the run), the rule may not
+    more = small_trainer(tmp_path, **{**kw, "lr_reductions": 5})
+    assert len(more.fit(resume=True)) == 7  # a stopped run stays stopped
+    with pytest.raises(ValueError, match=r"^resume: .*lr_factor=0\.25 \(this run: 0\.5\)"):
+        small_trainer(tmp_path, **{**kw, "lr_factor": 0.5}).fit(resume=True)
 
 
 # ---------------------------------------------------------------- other models

@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from ..checks import check_eps, choices, is_int, is_real
+from .schedule import LR_SCHEDULES
 
 __all__ = ["TrainConfig", "MODES", "DUAL_EVERY", "RESUMABLE", "DEPRECATED_MODES", "check_eps"]
 
@@ -21,8 +22,9 @@ AUTOCAST = (None, "bfloat16", "float16")
 # Fields a resumed run may change: they do not alter the trajectory of the run
 # (``epochs`` only extends it; the layer-wise stage plan depends on it, so a
 # layer-wise run must keep it).
+# ``lr_reductions`` likewise only moves the end of a run that has not stopped yet.
 RESUMABLE = ("epochs", "patience", "restore_best", "device", "checkpoint_dir", "log_dir",
-             "progress", "tensorboard")
+             "progress", "tensorboard", "lr_reductions")
 
 
 @dataclass
@@ -46,6 +48,21 @@ class TrainConfig:
         autocast: None, ``"bfloat16"`` or ``"float16"``: run the model's forward under
             ``torch.autocast`` in that dtype; the iterates are then upcast to float32 (at least)
             for the loss and the constraints, and the multipliers stay float64.
+        lr_schedule: None (constant ``lr``) or ``"plateau"``: after each epoch the monitored loss
+            (the noise-free validation loss; without ``val_data`` the epoch's mean training
+            batch loss) is compared with its best so far; when it has not decreased by more
+            than ``lr_threshold`` (relative: ``v < best - lr_threshold * |best|``) for
+            ``lr_patience`` epochs in a row, the primal learning rate (every parameter group)
+            is multiplied by ``lr_factor`` and the count restarts. After ``lr_reductions``
+            reductions the next such plateau stops training (early stop: ``restore_best``
+            applies as usual). The history's ``lr`` column is the rate used in each epoch.
+            In layer-wise mode each stage starts again from ``lr`` with a fresh schedule, and
+            a plateau after the last reduction stops only in the last stage (before it the
+            rate is held). The dual step size ``lr_dual`` is not scheduled.
+        lr_factor: multiplier of a reduction, in (0, 1) (default 0.3).
+        lr_patience: epochs without improvement that make a plateau, >= 1 (default 3).
+        lr_threshold: relative improvement required, finite >= 0 (default 1e-3).
+        lr_reductions: reductions before a plateau stops training, >= 0 (default 3).
     Method:
         mode: ``"constrained"`` (task loss on the last layer + descent constraints;
             noise between layers when the trainer is given a noise hook),
@@ -104,6 +121,11 @@ class TrainConfig:
     tensorboard: bool = True
     shuffle: bool = True
     autocast: Optional[str] = None
+    lr_schedule: Optional[str] = None
+    lr_factor: float = 0.3
+    lr_patience: int = 3
+    lr_threshold: float = 1e-3
+    lr_reductions: int = 3
 
     def __post_init__(self):
         if not is_int(self.epochs) or self.epochs < 0:
@@ -112,6 +134,7 @@ class TrainConfig:
             raise ValueError(f"batch_size: expected an integer >= 1, got {self.batch_size!r}")
         if not is_real(self.lr) or not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr: expected a positive finite number, got {self.lr!r}")
+        self._check_lr_schedule()
         if not is_real(self.lr_dual) or not (self.lr_dual >= 0 and math.isfinite(self.lr_dual)):
             raise ValueError(f"lr_dual: expected a finite number >= 0, got {self.lr_dual!r}")
         if not isinstance(self.optimizer, str) or not isinstance(getattr(torch.optim, self.optimizer, None), type) \
@@ -150,6 +173,18 @@ class TrainConfig:
         except (RuntimeError, TypeError):
             raise ValueError(f"device: expected a torch device string such as 'cpu' or 'cuda', "
                              f"got {self.device!r}") from None
+
+    def _check_lr_schedule(self):
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule: expected one of {choices(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not is_real(self.lr_factor) or not 0 < self.lr_factor < 1:
+            raise ValueError(f"lr_factor: expected a number in (0, 1), got {self.lr_factor!r}")
+        if not is_int(self.lr_patience) or self.lr_patience < 1:
+            raise ValueError(f"lr_patience: expected an integer >= 1, got {self.lr_patience!r}")
+        if not is_real(self.lr_threshold) or not (self.lr_threshold >= 0 and math.isfinite(self.lr_threshold)):
+            raise ValueError(f"lr_threshold: expected a finite number >= 0, got {self.lr_threshold!r}")
+        if not is_int(self.lr_reductions) or self.lr_reductions < 0:
+            raise ValueError(f"lr_reductions: expected an integer >= 0, got {self.lr_reductions!r}")
 
     def _check_optimizer_kwargs(self):
         """Build the optimizer once on a dummy parameter, so a bad argument fails here, not in fit()."""

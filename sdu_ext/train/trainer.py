@@ -22,6 +22,7 @@ from .dual import Multiplier, group_multipliers
 from .finite import NonFiniteError, check_loss, check_multipliers, check_state, check_values
 from .layerwise import check_plan, layer_parameter_sets, stage_of
 from .logs import HistoryLog, epoch_row
+from .schedule import make_schedule
 
 try:
     from tqdm.auto import tqdm
@@ -163,6 +164,7 @@ class PrimalDualTrainer:
         self.best_epoch = None
         self._best_state = None
         self._stale = 0
+        self._schedule = make_schedule(cfg)
         self._stopped = False
         self.finished = False
         self._shuffle_seed = cfg.seed
@@ -405,7 +407,7 @@ class PrimalDualTrainer:
         cfg = self.config
         self.epoch, self.history, self.finished, self._stopped = 0, [], False, False
         self.best_loss = self.best_epoch = self._best_state = None
-        self._stale = 0
+        self._stale, self._schedule = 0, make_schedule(cfg)
         seed = cfg.seed
         if seed is None:
             seed = [int.from_bytes(os.urandom(7), "little")]
@@ -452,7 +454,7 @@ class PrimalDualTrainer:
         if stage != self.stage:
             self.stage = stage
             self.optimizer = self._make_optimizer(stage)
-            self._stale = 0  # patience counts within the last layer-wise stage only
+            self._stale, self._schedule = 0, make_schedule(cfg)  # patience/schedule: per layer-wise stage
         eps = self._eps(epoch)
         constrained = cfg.mode == "constrained"
         train_noise = None if cfg.mode == "standard" else self.noise
@@ -492,6 +494,9 @@ class PrimalDualTrainer:
         self.epoch = epoch + 1
 
         score = val_stats.loss() if val_stats is not None else None
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        plateau = self._schedule is not None and self._schedule.step(
+            totals.loss() if score is None else score, self.optimizer)
         improved = score is None or self.best_loss is None or score < self.best_loss
         if improved:
             self.best_loss, self.best_epoch = score, self.epoch
@@ -499,14 +504,13 @@ class PrimalDualTrainer:
             self._stale = 0
         else:
             self._stale += 1
-        stop = (cfg.patience is not None and self._stale >= cfg.patience
+        stop = ((plateau or cfg.patience is not None and self._stale >= cfg.patience)
                 and (stage is None or stage == self.num_layers))
         self._stopped = stop
         self.finished = stop or self.epoch >= cfg.epochs
 
-        row = epoch_row(epoch, stage, float(self.optimizer.param_groups[0]["lr"]), cfg.mode, self.groups,
-                        self.duals, eps, train_stats, val_stats, totals.loss(), lag_sum / steps, improved,
-                        time.perf_counter() - t0)
+        row = epoch_row(epoch, stage, lr, cfg.mode, self.groups, self.duals, eps, train_stats, val_stats,
+                        totals.loss(), lag_sum / steps, improved, time.perf_counter() - t0)
         self.history.append(row)
         self._save(improved)
         return row, stop
@@ -543,6 +547,7 @@ class PrimalDualTrainer:
             "shuffle_seed": self._shuffle_seed,
             "best": {"loss": self.best_loss, "epoch": self.best_epoch, "model": self._best_state},
             "stale": self._stale,
+            "lr_schedule": self._schedule.state_dict() if self._schedule is not None else None,
             "history": self.history,
         }
 
@@ -580,6 +585,8 @@ class PrimalDualTrainer:
         best = state["best"]
         self.best_loss, self.best_epoch, self._best_state = best["loss"], best["epoch"], best["model"]
         self._stale = int(state["stale"])
+        if self._schedule is not None and state.get("lr_schedule") is not None:
+            self._schedule.load_state_dict(state["lr_schedule"])
         self.history = list(state["history"])
         self._stopped = bool(state["stopped_early"])
         self.finished = self._stopped or self.epoch >= cfg.epochs
