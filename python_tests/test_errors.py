@@ -451,6 +451,9 @@ MISUSES = {
         r"expected finite entries, got 96 infinite"),
     "ista-step-inf": Misuse(
         lambda t: S_.ista(_lasso(), _signals(), step=INF), ValueError, "step", r"expected a positive finite value, got inf$"),
+    "ista-max_iter-bool": Misuse(  # was: silent (True ran one iteration)
+        lambda t: S_.ista(_lasso(), _signals(), max_iter=True), ValueError, "max_iter",
+        r"expected an integer >= 0, got True$"),
     "solve_lasso-tol-zero": Misuse(
         lambda t: S_.solve_lasso(_lasso(), _signals(), tol=0), ValueError, "tol", r"expected a value > 0, got 0$"),
     "ista-problem-None": Misuse(

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import ops
-from .checks import check_finite_tensor
+from .checks import check_finite_tensor, is_int, is_plain_real
 
 __all__ = ["LassoResult", "ista", "fista", "solve_lasso"]
 
@@ -92,9 +92,9 @@ def _check_problem(problem, x):
 
 
 def _check_common(max_iter, tol, y0, x, m, dtype):
-    if not (isinstance(max_iter, int) and max_iter >= 0):
+    if not (is_int(max_iter) and max_iter >= 0):
         raise ValueError(f"max_iter: expected an integer >= 0, got {max_iter!r}")
-    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
+    if not (is_plain_real(tol) and math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol: expected a finite value >= 0, got {tol!r}")
     if dtype is not None and dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
@@ -150,7 +150,7 @@ class _Classic:
         self.callback = callback
         m = problem.D.shape[1]
         _check_common(max_iter, tol, y0, x, m, dtype)
-        if step is not None and not (isinstance(step, (int, float)) and step > 0 and math.isfinite(step)):
+        if step is not None and not (is_plain_real(step) and step > 0 and math.isfinite(step)):
             raise ValueError(f"step: expected a positive finite value, got {step!r}")
         self.dtype = dtype or (problem.D.dtype if problem.D.dtype in (torch.float32, torch.float64)
                                else torch.float32)
