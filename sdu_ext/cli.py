@@ -5,7 +5,7 @@
     sdu-ext lista robustness  --checkpoint runs/c [--preset quick] [--out DIR]
     sdu-ext inpaint train     --preset quick --mode constrained --out runs/g [--glow FILE]
     sdu-ext inpaint eval      --checkpoint runs/g [--preset quick] [--out DIR]
-    sdu-ext reproduce lista   --preset quick [--out runs/lista_quick] [--resume | --overwrite]
+    sdu-ext reproduce lista   --preset quick [--out runs/lista_quick] [--resume | --overwrite] [--time-budget S]
     sdu-ext reproduce inpaint --preset quick [--out runs/inpaint_quick] [--resume | --overwrite]
 
 Every command calls an entry point of :mod:`sdu_ext.experiments.lista` or
@@ -25,7 +25,7 @@ __all__ = ["PRESET_NAMES", "VARIANT_NAMES", "build_parser", "main"]
 # The names of sdu_ext.presets.PRESETS / INPAINT_PRESETS and VARIANTS, here so that building
 # the parser imports no torch (a test keeps them equal).
 PRESET_NAMES = {"lista": ("quick", "synthetic", "paper", "tiny"), "inpaint": ("quick", "paper", "tiny")}
-VARIANT_NAMES = ("constrained", "standard", "noisy")
+VARIANT_NAMES = ("constrained", "constrained_nonoise", "standard", "noisy")
 SEEDS = {"lista": "the initial weights, training and evaluation draws",
          "inpaint": "the Glow, the training and the evaluation draws"}
 
@@ -48,7 +48,7 @@ def _options(args: argparse.Namespace):
     return RunOptions(out=args.out, seed=args.seed, device=args.device, progress=not args.quiet,
                       data_cache=args.data_cache, resume=getattr(args, "resume", False),
                       overwrite=getattr(args, "overwrite", False), epochs=getattr(args, "epochs", None),
-                      threads=args.threads)
+                      threads=args.threads, time_budget=getattr(args, "time_budget", None))
 
 
 # ---------------------------------------------------------------- commands
@@ -125,10 +125,17 @@ def _eval_options(p: argparse.ArgumentParser, kind: str, out_help: str) -> None:
     _common(p, kind)
 
 
+def _time_budget(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="stop training in time to evaluate and write the report within SECONDS (with the epochs "
+                        "reached); --resume continues the runs")
+
+
 def _mode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=VARIANT_NAMES, default="constrained",
-                   help="constrained (descent constraints + noise), standard (loss on the last layer only) or "
-                        "noisy (standard trained with the same noise)")
+                   help="constrained (descent constraints + noise), constrained_nonoise (the constraints without "
+                        "the noise), standard (loss on the last layer only) or noisy (standard trained with the "
+                        "same noise)")
 
 
 def _usage(parser: argparse.ArgumentParser) -> Callable:
@@ -182,9 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce = _group(sub, "reproduce", "train, evaluate and report the paper's comparison", "{lista,inpaint}")
     p = reproduce.add_parser("lista", help="constrained vs standard vs standard-with-noise LISTA")
     _run_options(p, "lista", "report directory (default: runs/lista_<preset>)", False)
+    _time_budget(p)
     p.set_defaults(run=_lista_reproduce)
     p = reproduce.add_parser("inpaint", help="constrained vs standard vs standard-with-noise GLOW-Prox")
     _run_options(p, "inpaint", "report directory (default: runs/inpaint_<preset>)", False)
+    _time_budget(p)
     p.set_defaults(run=_inpaint_reproduce)
     return parser
 

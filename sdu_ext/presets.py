@@ -10,13 +10,17 @@ does the same for GLOW-Prox inpainting (:class:`ProxModelConfig`, :class:`Pretra
 
 LISTA presets (:data:`PRESETS`, :func:`get_preset`):
 - ``tiny``: seconds; for tests (n=20, m=40, L=4).
-- ``quick``: the README's main command, at most 10 minutes on 2 CPU cores.
+- ``quick``: the README's main command, at most 10 minutes on 2 CPU cores: random
+  initialisation (standard LISTA is free to wander), 4 networks x 3 seeds, a plateau
+  learning-rate schedule that ends each run when it converges.
 - ``synthetic``: the standard benchmark (n=250, m=500, L=16) trained to convergence (hours on CPU).
 - ``paper``: the research code's LISTA setting: image patches (n=1024, m=1228, alpha=0.5),
-  ``paper`` initialisation, Adam 1e-5, batch 512, dual step once per epoch (a GPU job).
+  ``paper`` initialisation, eps 0.05, Adam 1e-5, batch 512, dual step once per epoch (lr 1e-3),
+  5000 epochs (a GPU job; ``--time-budget`` stops it cleanly and ``--resume`` continues it).
 
 Inpainting presets (:data:`INPAINT_PRESETS`, :func:`get_inpaint_preset`): ``tiny``, ``quick``
-(<= 15 minutes on 2 CPU cores) and ``paper`` (the research sizes, a GPU job).
+(<= 25 minutes on 2 CPU cores) and ``paper`` (the research sizes, a GPU job). They use the
+per-image-sum loss (the research's) and a layer-1 descent constraint on the distance residual.
 """
 import dataclasses
 import typing
@@ -25,6 +29,7 @@ from typing import Any, Dict, Optional
 
 from .checks import check_choice, check_int, check_real
 from .flows import GlowConfig
+from .models.lista import INITS
 from .problems.datasets import DatasetConfig
 from .problems.inpainting import InpaintingConfig
 from .reference import FORMS
@@ -32,19 +37,27 @@ from .train import TrainConfig
 from .train.config import check_eps
 from .train.constraints import RESIDUALS
 
-__all__ = ["VARIANTS", "LABELS", "NOISE_RULES", "SIGMAS", "SHIFTS", "PS", "PresetBase", "ModelConfig",
+__all__ = ["VARIANTS", "LABELS", "NOISE_RULES", "SCHEDULES", "FIRST_RESIDUALS", "LOSSES", "SIGMAS", "SHIFTS", "PS",
+           "PresetBase",
+           "ScheduleConfig", "check_variants", "ModelConfig",
            "MethodConfig", "EvalConfig", "Preset", "PRESETS", "get_preset", "ProxModelConfig", "PretrainConfig",
            "ProxMethodConfig", "ProxEvalConfig", "InpaintPreset", "INPAINT_PRESETS", "get_inpaint_preset"]
 
 NOISE_RULES = ("log_gradient", "fixed")
-# The three networks of a reproduction, LISTA and GLOW-Prox alike.
+# The networks a reproduction can compare, LISTA and GLOW-Prox alike (a preset's ``variants``
+# names the ones it trains). ``constrained_nonoise`` is the ablation that separates the
+# constraints from the training noise.
 VARIANTS = {  # variant name -> (trainer mode, trains with noise)
     "constrained": ("constrained", True),
+    "constrained_nonoise": ("constrained", False),
     "standard": ("standard", False),
     "noisy": ("noisy", True),
 }
-LABELS = {"constrained": "constrained", "standard": "standard", "noisy": "standard + noise",
-          "untrained": "untrained (pretrained Glow)"}
+LABELS = {"constrained": "constrained + noise", "constrained_nonoise": "constrained (no noise)",
+          "standard": "standard", "noisy": "standard + noise", "untrained": "untrained (pretrained Glow)"}
+SCHEDULES = ("plateau",)
+FIRST_RESIDUALS = ("distance", "objective")  # the GLOW-Prox layer-1 group's residual
+LOSSES = ("sum", "mean")                     # the GLOW-Prox task loss per image
 # The levels of the robustness protocols (SPEC sections 5 and 6): LISTA's perturbation sweep
 # (sigma) and OOD shift (p), GLOW-Prox's perturbation sweep (p).
 SIGMAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
@@ -77,22 +90,78 @@ class PresetBase:
                 value = kind.from_dict(value)
             elif dataclasses.is_dataclass(kind):
                 value = kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+            elif isinstance(value, list):
+                value = tuple(value)
             kwargs[f.name] = value
         return cls(**kwargs)
 
 
+def check_variants(variants) -> tuple:
+    """``variants`` as a tuple of distinct :data:`VARIANTS` names (at least one); ValueError otherwise."""
+    if isinstance(variants, str) or not isinstance(variants, (tuple, list)) or not variants:
+        raise ValueError(f"variants: expected a non-empty tuple of names from {', '.join(VARIANTS)}, "
+                         f"got {variants!r}")
+    for v in variants:
+        check_choice(v, "variants", VARIANTS)
+    if len(set(variants)) != len(variants):
+        raise ValueError(f"variants: expected distinct names, got {tuple(variants)!r}")
+    return tuple(variants)
+
+
+@dataclass
+class ScheduleConfig:
+    """The learning-rate schedule of every network of a reproduction, applied between epochs
+    by :mod:`sdu_ext.experiments.common` (the trainer has no schedule option).
+
+    kind: None (constant ``train.lr``) or ``"plateau"``: after each epoch, on the noise-free
+    validation loss (the value model selection uses), an epoch is stale when
+    ``val >= best * (1 - threshold)``; after ``patience`` consecutive stale epochs every
+    parameter group's lr is multiplied by ``factor`` and the count restarts; after
+    ``reductions`` reductions the next plateau ends training ("converged"). The state is
+    recomputed from the run's history on ``--resume``, so a resumed run continues it exactly.
+    """
+
+    kind: Optional[str] = None
+    factor: float = 0.3
+    patience: int = 3
+    threshold: float = 1e-3
+    reductions: int = 3
+
+    def __post_init__(self):
+        if self.kind is not None:
+            check_choice(self.kind, "kind", SCHEDULES)
+        check_real(self.factor, "factor", strict=True)
+        if not self.factor < 1:
+            raise ValueError(f"factor: expected a number in (0, 1), got {self.factor!r}")
+        check_int(self.patience, "patience")
+        check_real(self.threshold, "threshold")
+        check_int(self.reductions, "reductions", 0)
+
+
 @dataclass
 class ModelConfig:
-    """The LISTA network: ``num_layers`` untied (or ``tied``) layers, ``init`` "ista" or "paper"."""
+    """The LISTA network: ``num_layers`` untied (or ``tied``) layers, ``init`` "ista", "paper"
+    or "random" (:class:`~sdu_ext.models.LISTA`). ``weight_std`` and ``y0_std``: the standard
+    deviations of the ``random`` initialisation (None: the model's defaults, 0.01 each);
+    only ``init="random"`` takes them."""
 
     num_layers: int = 16
     init: str = "ista"
     tied: bool = False
+    weight_std: Optional[float] = None
+    y0_std: Optional[float] = None
 
     def __post_init__(self):
         check_int(self.num_layers, "num_layers")
-        if self.init not in ("ista", "paper"):
-            raise ValueError(f"init: expected 'ista' or 'paper', got {self.init!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init: expected one of {', '.join(map(repr, INITS))}, got {self.init!r}")
+        for name in ("weight_std", "y0_std"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if self.init != "random":
+                raise ValueError(f"{name}: only init='random' takes it, got {value!r} with init={self.init!r}")
+            check_real(value, name)
 
 
 @dataclass
@@ -145,7 +214,9 @@ class EvalConfig:
 
 @dataclass
 class Preset(PresetBase):
-    """A named, complete configuration of the reproduction."""
+    """A named, complete configuration of the reproduction: ``variants`` the networks it
+    trains (names of :data:`VARIANTS`), each for ``seeds`` seeds (the run's seed and the
+    ones after it), with the learning-rate ``schedule``."""
 
     name: str
     description: str
@@ -154,6 +225,13 @@ class Preset(PresetBase):
     method: MethodConfig
     train: TrainConfig
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    variants: tuple = ("constrained", "constrained_nonoise", "standard", "noisy")
+    seeds: int = 1
+
+    def __post_init__(self):
+        self.variants = check_variants(self.variants)
+        check_int(self.seeds, "seeds")
 
     def sizes(self) -> Dict[str, int]:
         """``{"n", "m", "num_layers"}``: what a checkpoint must match."""
@@ -162,22 +240,27 @@ class Preset(PresetBase):
 
 def _tiny():
     return Preset(
-        name="tiny", description="seconds-long smoke test (n=20, m=40, L=4); for the test suite",
+        name="tiny", description="seconds-long smoke test (n=20, m=40, L=4, 2 seeds); for the test suite",
         data=DatasetConfig("synthetic", n=20, m=40, alpha=0.1, n_train=256, n_val=64, n_test=64),
-        model=ModelConfig(num_layers=4, init="ista"),
-        method=MethodConfig(),
+        model=ModelConfig(num_layers=4, init="random"),
+        method=MethodConfig(eps=0.15),
         train=TrainConfig(epochs=3, batch_size=64, lr=1e-3, lr_dual=0.5),
-        evaluation=EvalConfig(batch_size=256))
+        evaluation=EvalConfig(batch_size=256),
+        schedule=ScheduleConfig("plateau", patience=1, reductions=1), seeds=2)
 
 
 def _quick():
     return Preset(
-        name="quick", description="the standard synthetic benchmark, trained briefly (<= 10 min on 2 CPU cores)",
-        data=DatasetConfig("synthetic", n=250, m=500, alpha=0.1, n_train=5000, n_val=500, n_test=1000),
-        model=ModelConfig(num_layers=10, init="ista"),
-        method=MethodConfig(),
-        train=TrainConfig(epochs=30, batch_size=128, lr=3e-4, lr_dual=0.5),
-        evaluation=EvalConfig())
+        name="quick", description="a small synthetic problem (n=100, m=200, L=10) from a random initialisation, "
+                                  "4 networks x 3 seeds trained to convergence (<= 10 min on 2 idle CPU cores)",
+        data=DatasetConfig("synthetic", n=100, m=200, alpha=0.1, n_train=5000, n_val=500, n_test=1000),
+        model=ModelConfig(num_layers=10, init="random", weight_std=0.01, y0_std=0.01),
+        method=MethodConfig(eps=0.15),
+        # lr 3e-3: at 1e-3 the constrained networks had not converged after 60 epochs (issue-11 probe
+        # notes); the plateau schedule ends each run when its validation loss stops improving
+        train=TrainConfig(epochs=100, batch_size=128, lr=3e-3, lr_dual=0.5, patience=10),
+        evaluation=EvalConfig(),
+        schedule=ScheduleConfig("plateau", factor=0.3, patience=3, threshold=1e-3, reductions=3), seeds=3)
 
 
 def _synthetic():
@@ -192,13 +275,15 @@ def _synthetic():
 
 def _paper():
     return Preset(
-        name="paper", description="the research code's LISTA setting: image patches, paper init, Adam 1e-5",
+        name="paper", description="the research code's LISTA setting: image patches (n=1024, m=1228, alpha 0.5), "
+                                  "paper init, eps 0.05, Adam 1e-5, dual step once per epoch (lr 1e-3), batch 512, "
+                                  "5000 epochs (a GPU job; see --time-budget)",
         data=DatasetConfig("patches", n=1024, m=1228, alpha=0.5, n_train=50_000, n_val=5_000, n_test=5_000,
                            dictionary="uniform", reference="ista", ista_steps=3000),
         model=ModelConfig(num_layers=10, init="paper"),
         method=MethodConfig(residual="distance", form="mean_ratio", eps=0.05, noise_negative="abs"),
-        train=TrainConfig(epochs=300, batch_size=512, lr=1e-5, lr_dual=1e-3, dual_every="epoch"),
-        evaluation=EvalConfig(ood_clip=(0.0, 1.0)))
+        train=TrainConfig(epochs=5000, batch_size=512, lr=1e-5, lr_dual=1e-3, dual_every="epoch"),
+        evaluation=EvalConfig(ood_clip=(0.0, 1.0)), seeds=3)
 
 
 PRESETS = {"quick": _quick, "synthetic": _synthetic, "paper": _paper, "tiny": _tiny}
@@ -252,6 +337,17 @@ class ProxMethodConfig:
 
     form, eps: :class:`~sdu_ext.train.DescentConstraints` of both groups (grad_x, grad_z).
     first_layer: constraints on layers first_layer..L (SPEC: 2).
+    first_residual, first_form, first_eps: the layer-1 descent constraint group (``"dist_1"``):
+        ``"distance"`` (r = ||x_l - x||, :meth:`~sdu_ext.models.GlowProx.distance_residual`),
+        ``"objective"`` (r = ||[grad_x f, grad_z f]||, :meth:`~sdu_ext.models.GlowProx.objective_residual`)
+        or None (no layer-1 group: layer 1 unconstrained, as before issue 11). grad_x f is 0 at
+        the masked input and the z part is constant across layer 1, so only the distance
+        gives layer 1 a constraint that bounds the image; with ``mean_ratio`` it asks the mean
+        per-image ratio r_1 / r_0 <= 1 - eps, which (Jensen) raises the mean per-image PSNR by
+        at least -20 log10(1 - eps) dB on the training images.
+    loss: the task loss per image, ``"sum"`` (||x_L - x||^2, the research's) or ``"mean"``
+        (per-pixel MSE = sum / (C H W)); :func:`~sdu_ext.models.glow_prox.reconstruction_loss`.
+        With ``"sum"`` the multipliers and ``train.lr_dual`` are on the research's scale.
     noise_sigma: the training noise, a random unit-norm direction times
         ``noise_sigma / (l + 1)`` before layers 1..L-1 (both noisy networks train with it).
     step_lr: learning rate of the step sizes mu_l and lambda_l (their softplus parameters),
@@ -263,6 +359,10 @@ class ProxMethodConfig:
     form: str = "ratio_of_means"
     eps: float = 0.05
     first_layer: int = 2
+    first_residual: Optional[str] = "distance"
+    first_form: str = "mean_ratio"
+    first_eps: float = 0.05
+    loss: str = "sum"
     noise_sigma: float = 1.0
     step_lr: Optional[float] = None
 
@@ -270,6 +370,11 @@ class ProxMethodConfig:
         check_choice(self.form, "form", FORMS)
         self.eps = check_eps(self.eps)
         check_int(self.first_layer, "first_layer")
+        if self.first_residual is not None:
+            check_choice(self.first_residual, "first_residual", FIRST_RESIDUALS)
+        check_choice(self.first_form, "first_form", FORMS)
+        self.first_eps = check_eps(self.first_eps)
+        check_choice(self.loss, "loss", LOSSES)
         check_real(self.noise_sigma, "noise_sigma")
         if self.step_lr is not None:
             check_real(self.step_lr, "step_lr", strict=True)
@@ -299,7 +404,8 @@ class ProxEvalConfig:
 
 @dataclass
 class InpaintPreset(PresetBase):
-    """A named, complete configuration of the inpainting reproduction."""
+    """A named, complete configuration of the inpainting reproduction (``variants``,
+    ``seeds`` and ``schedule`` as in :class:`Preset`)."""
 
     name: str
     description: str
@@ -309,8 +415,13 @@ class InpaintPreset(PresetBase):
     method: ProxMethodConfig
     train: TrainConfig
     evaluation: ProxEvalConfig = field(default_factory=ProxEvalConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    variants: tuple = ("constrained", "standard", "noisy")
+    seeds: int = 1
 
     def __post_init__(self):
+        self.variants = check_variants(self.variants)
+        check_int(self.seeds, "seeds")
         if self.method.first_layer > self.model.num_layers:
             raise ValueError(f"first_layer: expected at most num_layers = {self.model.num_layers}, "
                              f"got {self.method.first_layer}")
@@ -336,20 +447,23 @@ def _inpaint_tiny():
         model=ProxModelConfig(num_layers=3, levels=1, steps=1, hidden=8),
         pretrain=PretrainConfig(epochs=1, batch_size=8, lr=1e-3),
         method=ProxMethodConfig(step_lr=1e-2),
-        train=TrainConfig(epochs=2, batch_size=8, lr=1e-3, lr_dual=1e-3),
-        evaluation=ProxEvalConfig(ps=(0.0, 2.0, 8.0), batch_size=8, grid_images=2))
+        train=TrainConfig(epochs=2, batch_size=8, lr=1e-3, lr_dual=0.3),
+        evaluation=ProxEvalConfig(ps=(0.0, 2.0, 8.0), batch_size=8, grid_images=2), seeds=2)
 
 
 def _inpaint_quick():
     return InpaintPreset(
-        name="quick", description="32 x 32 RGB 5-bit crops, L=5, a small Glow pretrained briefly, 4 epochs with "
-                                  "larger learning rates than the research (<= 15 minutes on 2 CPU cores)",
+        name="quick", description="32 x 32 RGB 5-bit crops, L=5, a small Glow pretrained briefly, 3 networks x 3 "
+                                  "seeds, 4 epochs with larger learning rates than the research (<= 25 minutes on "
+                                  "2 idle CPU cores)",
         data=InpaintingConfig(image_size=32, channels=3, bits=5, n_train=768, n_val=64, n_test=192),
         model=ProxModelConfig(num_layers=5, mu=1.0, lam=0.1, levels=2, steps=4, hidden=32),
         pretrain=PretrainConfig(epochs=15, batch_size=32, lr=1e-3),
         method=ProxMethodConfig(step_lr=1e-2),
-        train=TrainConfig(epochs=4, batch_size=8, lr=1e-4, lr_dual=1e-2),
-        evaluation=ProxEvalConfig(batch_size=64, grid_images=6))
+        # the per-image-sum loss is C H W = 3072 times the per-pixel mean: lr_dual 30 ~ 1e-2 x 3072
+        # gives the multipliers the balance the earlier mean-loss preset had at 1e-2
+        train=TrainConfig(epochs=4, batch_size=8, lr=1e-4, lr_dual=30.0),
+        evaluation=ProxEvalConfig(batch_size=64, grid_images=6), seeds=3)
 
 
 def _inpaint_paper():
@@ -361,7 +475,7 @@ def _inpaint_paper():
         pretrain=PretrainConfig(epochs=200, batch_size=16, lr=1e-4),
         method=ProxMethodConfig(),
         train=TrainConfig(epochs=100, batch_size=8, lr=1e-5, lr_dual=1e-3),
-        evaluation=ProxEvalConfig(batch_size=16))
+        evaluation=ProxEvalConfig(batch_size=16), seeds=3)
 
 
 INPAINT_PRESETS = {"quick": _inpaint_quick, "paper": _inpaint_paper, "tiny": _inpaint_tiny}

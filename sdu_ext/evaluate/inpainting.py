@@ -93,6 +93,11 @@ def _ratios(r):
     return (m[1:] / m[:-1].clamp_min(1e-12)).tolist()
 
 
+def _mean_ratios(r):
+    r = r.to(torch.float64)
+    return (r[1:] / r[:-1].clamp_min(1e-12)).mean(dim=1).tolist()
+
+
 @torch.no_grad()
 def layer_metrics(iterates: torch.Tensor, latents: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                   mask: torch.Tensor) -> Dict[str, list]:
@@ -103,9 +108,10 @@ def layer_metrics(iterates: torch.Tensor, latents: torch.Tensor, x: torch.Tensor
     per iterate l = 0..L: ``mse``, ``mse_hole`` (inside the hole), ``psnr`` and ``psnr_std``
     (dB, over images), ``ssim``, ``grad_x`` and ``grad_z`` (mean residual norms); per layer
     l = 1..L: ``desc_x``, ``desc_z`` (fraction of images whose residual decreased),
-    ``desc_err`` (fraction whose distance to the clean image decreased) and ``ratio_x``,
-    ``ratio_z`` (mean r_l / mean r_{l-1}: the ``ratio_of_means`` constraint asks <= 1 - eps);
-    ``count`` the number of images.
+    ``desc_err`` (fraction whose distance to the clean image decreased), ``ratio_x``,
+    ``ratio_z``, ``ratio_err`` (mean r_l / mean r_{l-1}: the ``ratio_of_means`` constraint asks
+    <= 1 - eps) and ``mean_ratio_err`` (mean over images of ||x_l - x|| / ||x_(l-1) - x||: the
+    ``mean_ratio`` form of the layer-1 group); ``count`` the number of images.
     """
     L1, N = iterates.shape[:2]
     err = (iterates - x).pow(2).flatten(2)
@@ -122,7 +128,8 @@ def layer_metrics(iterates: torch.Tensor, latents: torch.Tensor, x: torch.Tensor
             "ssim": ss.mean(dim=1).tolist(),
             "grad_x": rx.mean(dim=1).tolist(), "grad_z": rz.mean(dim=1).tolist(),
             "desc_x": _descending(rx), "desc_z": _descending(rz), "desc_err": _descending(dist),
-            "ratio_x": _ratios(rx), "ratio_z": _ratios(rz)}
+            "ratio_x": _ratios(rx), "ratio_z": _ratios(rz), "ratio_err": _ratios(dist),
+            "mean_ratio_err": _mean_ratios(dist)}
 
 
 def evaluate_clean(model: nn.Module, data, batch_size: int = 64) -> Dict[str, list]:
@@ -156,12 +163,13 @@ def perturbation_sweep(model: nn.Module, data, ps, seed: int, first_layer: int =
     unit-norm direction (the same directions for every model: seeded by ``seed`` and the
     index of p), clamped, masked and reconstructed, scored against the clean images.
 
-    Returns ``{"p", "psnr", "ssim", "mse", "psnr_input", "min_desc_x", "min_desc_z",
-    "min_desc_err", "overflows"}`` (lists over p): final-layer metrics, the PSNR of the
-    perturbed image itself, the lowest descending frequency over layers ``first_layer``..L
-    and the Glow-inverse overflows."""
+    Returns ``{"p", "psnr", "ssim", "mse", "psnr_input", "psnr_masked", "min_desc_x",
+    "min_desc_z", "min_desc_err", "overflows"}`` (lists over p): final-layer metrics, the PSNR
+    of the perturbed image itself and of its masked version (the network's input: what doing
+    nothing scores), the lowest descending frequency over layers ``first_layer``..L and the
+    Glow-inverse overflows."""
     x = data.test
-    out = {k: [] for k in ("p", "psnr", "ssim", "mse", "psnr_input", "min_desc_x", "min_desc_z",
+    out = {k: [] for k in ("p", "psnr", "ssim", "mse", "psnr_input", "psnr_masked", "min_desc_x", "min_desc_z",
                            "min_desc_err", "overflows")}
     for i, p in enumerate(ps):
         xp = perturb(x, p, torch.Generator().manual_seed(seed * 1000 + i))
@@ -176,6 +184,7 @@ def perturbation_sweep(model: nn.Module, data, ps, seed: int, first_layer: int =
         out["ssim"].append(m["ssim"][-1])
         out["mse"].append(m["mse"][-1])
         out["psnr_input"].append(float(psnr(xp, x).mean()))
+        out["psnr_masked"].append(m["psnr"][0])
         out["min_desc_x"].append(min(m["desc_x"][k:]))
         out["min_desc_z"].append(min(m["desc_z"][k:]))
         out["min_desc_err"].append(min(m["desc_err"][k:]))

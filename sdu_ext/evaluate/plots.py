@@ -2,7 +2,10 @@
 
 Every function takes ``results``: a dict model name -> the dict returned by
 :func:`~sdu_ext.evaluate.layer_metrics`, :func:`~sdu_ext.evaluate.perturbation_sweep`
-or :func:`~sdu_ext.evaluate.ood_shift`, writes one PNG to ``path`` and returns the path.
+or :func:`~sdu_ext.evaluate.ood_shift`, or a list of such dicts (one per seed: the mean is
+drawn with a band from the lowest to the highest seed), writes one PNG to ``path`` and
+returns the path. Curves carry markers and line styles so that overlapping ones stay
+distinguishable, and legends sit outside the axes.
 The inpainting plots (``plot_psnr_*``, ``plot_residual_descending``, the image grids) take
 the dicts of :mod:`sdu_ext.evaluate.inpainting`.
 """
@@ -46,135 +49,190 @@ def _finite(values):
     return [v if v is not None and math.isfinite(v) else math.nan for v in values]
 
 
-def plot_layers(results: Dict[str, Dict[str, Any]], path: str, title: str = "per-layer accuracy") -> str:
-    """Distance to y* (mean, with a 10-90 % quantile band) and NMSE (dB) against the layer."""
-    fig, (ax_d, ax_n) = _figure(2)
+def _seeds(m) -> list:
+    """The per-seed dicts of a result: a list as it is, one dict as a list of one."""
+    return list(m) if isinstance(m, (list, tuple)) else [m]
+
+
+def _band(m, get) -> Tuple[List[float], List[float], List[float]]:
+    """``(mean, low, high)`` over the seeds of ``m`` of the list ``get(dict)``."""
+    rows = [_finite(get(d)) for d in _seeds(m)]
+    cols = list(zip(*rows))
+    mean = [sum(c) / len(c) for c in cols]
+    return mean, [min(c) for c in cols], [max(c) for c in cols]
+
+
+def _line(ax, xs, m, get, i, name, transform=None):
+    """The mean curve of ``get`` over the seeds of ``m`` with its seed band (none for one seed)."""
+    mean, lo, hi = _band(m, get)
+    if transform is not None:
+        mean, lo, hi = ([transform(v) for v in a] for a in (mean, lo, hi))
+        lo, hi = [min(a, b) for a, b in zip(lo, hi)], [max(a, b) for a, b in zip(lo, hi)]
+    line, = ax.plot(xs, mean, label=name, **_style(i))
+    if len(_seeds(m)) > 1:
+        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+    return line
+
+
+def _legend(fig, ax):
+    """One legend for the figure, outside the axes (right of them)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=7)
+
+
+def plot_layers(results: Dict[str, Any], path: str, title: str = "per-layer accuracy") -> str:
+    """Distance to y* (mean over samples) and NMSE (dB) against the layer; bands over seeds."""
+    fig, (ax_d, ax_n) = _figure(2, width=4.6)
     for i, (name, m) in enumerate(results.items()):
-        layers = list(range(len(m["distance_mean"])))
-        line, = ax_d.plot(layers, m["distance_mean"], label=name, **_style(i))
-        if "distance_q10" in m:
-            ax_d.fill_between(layers, m["distance_q10"], m["distance_q90"], color=line.get_color(), alpha=0.12)
-        ax_n.plot(layers, _finite(m["nmse_db"]), label=name, **_style(i))
-    ax_d.set(xlabel="layer l (0 = initial point)", ylabel="||y_l - y*||", yscale="log", title=title)
+        layers = list(range(len(_seeds(m)[0]["distance_mean"])))
+        _line(ax_d, layers, m, lambda d: d["distance_mean"], i, name)
+        _line(ax_n, layers, m, lambda d: d["nmse_db"], i, name)
+    ax_d.set(xlabel="layer l (0 = initial point)", ylabel="mean ||y_l - y*||", yscale="log", title=title)
     ax_n.set(xlabel="layer l (0 = initial point)", ylabel="NMSE (dB)", title="NMSE per layer")
     for ax in (ax_d, ax_n):
         ax.grid(alpha=0.3)
-    ax_n.legend(fontsize=8)
+    _legend(fig, ax_n)
     return _save(fig, path)
 
 
 def plot_descending(results: Dict[str, Any], path: str, title: str = "descending frequency per layer") -> str:
-    """Grouped bars: the fraction of samples with r_l < r_{l-1}, per layer and model.
-
-    ``results`` maps a name to either a metrics dict (its ``descending``) or a list (L,)."""
-    fig, (ax,) = _figure(1, width=7.0)
-    names = list(results)
-    k = max(len(names), 1)
-    width = 0.8 / k
-    for i, name in enumerate(names):
-        d = results[name]
-        d = d["descending"] if isinstance(d, dict) else d
-        xs = [l + 1 + (i - (k - 1) / 2) * width for l in range(len(d))]
-        ax.bar(xs, d, width=width, label=name)
-    ax.axhline(1.0, color="k", lw=0.6, ls=":")
-    ax.set(xlabel="layer l", ylabel="fraction with r_l < r_(l-1)", ylim=(0, 1.05), title=title)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(alpha=0.3, axis="y")
+    """1 - descending frequency (the fraction of samples with r_l >= r_(l-1)) per layer on a
+    log axis, so that values near 1 stay readable; zero is drawn at the axis floor
+    (1 / (2 x samples)). ``results`` maps a name to a metrics dict (its ``descending``), a
+    list of them (seeds: mean and band) or a list of floats (L,)."""
+    fig, (ax,) = _figure(1, width=6.5)
+    floor = 1e-4
+    for m in results.values():
+        for d in _seeds(m) if not (isinstance(m, list) and m and not isinstance(m[0], dict)) else []:
+            if isinstance(d, dict) and d.get("count"):
+                floor = max(floor, 0.5 / d["count"])
+    for i, (name, m) in enumerate(results.items()):
+        if isinstance(m, list) and m and not isinstance(m[0], dict):
+            m = {"descending": m}
+        layers = list(range(1, len(_seeds(m)[0]["descending"]) + 1))
+        _line(ax, layers, m, lambda d: d["descending"], i, name, transform=lambda v: max(1.0 - v, floor))
+    ax.axhline(0.05, color="k", lw=0.6, ls=":")
+    ax.text(1, 0.05, " 1 - 0.95", fontsize=7, va="bottom")
+    ax.set(xlabel="layer l", ylabel="1 - descending frequency (log)", yscale="log", ylim=(floor * 0.8, 1.2),
+           title=title)
+    ax.set_xticks(layers)
+    ax.grid(alpha=0.3, which="both")
+    _legend(fig, ax)
     return _save(fig, path)
 
 
-def plot_sweep(results: Dict[str, Dict[str, list]], path: str) -> str:
-    """Perturbation sweep: final distance and ||y_L||_1 against sigma (log-log)."""
-    fig, (ax_d, ax_s) = _figure(2)
+def plot_sweep(results: Dict[str, Any], path: str) -> str:
+    """Perturbation sweep: final NMSE (dB; 0 dB = the zero code) and ||y_L||_1 against sigma."""
+    fig, (ax_d, ax_s) = _figure(2, width=4.6)
     for i, (name, s) in enumerate(results.items()):
-        ax_d.plot(s["sigma"], _finite(s["final_distance_mean"]), label=name, **_style(i))
-        ax_s.plot(s["sigma"], _finite(s["final_l1_mean"]), label=name, **_style(i))
-    ax_d.set(xscale="log", yscale="log", xlabel="sigma", ylabel="mean ||y_L - y*||",
-             title="final distance under perturbation")
+        sig = _seeds(s)[0]["sigma"]
+        _line(ax_d, sig, s, lambda d: d["final_nmse_db"], i, name)
+        _line(ax_s, sig, s, lambda d: d["final_l1_mean"], i, name)
+    ax_d.axhline(0.0, color="k", lw=0.6, ls=":")
+    ax_d.set(xscale="log", xlabel="sigma", ylabel="final NMSE vs y* (dB)",
+             title="final NMSE under perturbation (0 dB: y = 0)")
     ax_s.set(xscale="log", yscale="log", xlabel="sigma", ylabel="mean ||y_L||_1", title="output sparsity")
     for ax in (ax_d, ax_s):
         ax.grid(alpha=0.3, which="both")
-    ax_d.legend(fontsize=8)
+    _legend(fig, ax_d)
     return _save(fig, path)
 
 
-def plot_ood(results: Dict[str, Dict[str, list]], path: str) -> str:
+def plot_ood(results: Dict[str, Any], path: str) -> str:
     """OOD shift: final NMSE against the new optimum y~* and final distance, against p."""
-    fig, (ax_n, ax_d) = _figure(2)
+    fig, (ax_n, ax_d) = _figure(2, width=4.6)
     for i, (name, s) in enumerate(results.items()):
-        ax_n.plot(s["p"], _finite(s["final_nmse_db"]), label=name, **_style(i))
-        ax_d.plot(s["p"], _finite(s["final_distance_mean"]), label=name, **_style(i))
-    ax_n.set(xlabel="shift p", ylabel="final NMSE vs y~* (dB)", title="OOD shift")
+        ps = _seeds(s)[0]["p"]
+        _line(ax_n, ps, s, lambda d: d["final_nmse_db"], i, name)
+        _line(ax_d, ps, s, lambda d: d["final_distance_mean"], i, name)
+    ax_n.axhline(0.0, color="k", lw=0.6, ls=":")
+    ax_n.set(xlabel="shift p", ylabel="final NMSE vs y~* (dB)", title="OOD shift (0 dB: y = 0)")
     ax_d.set(xlabel="shift p", ylabel="mean ||y_L - y~*||", yscale="log", title="final distance vs y~*")
     for ax in (ax_n, ax_d):
         ax.grid(alpha=0.3)
-    ax_n.legend(fontsize=8)
+    _legend(fig, ax_n)
     return _save(fig, path)
 
 
-def plot_history(histories: Dict[str, List[dict]], path: str, key: str = "val_loss") -> str:
-    """Training curves: ``histories`` maps a name to the trainer's history rows."""
-    fig, (ax,) = _figure(1)
-    for i, (name, rows) in enumerate(histories.items()):
-        pts = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
-        if pts:
-            ax.plot(*zip(*pts), label=name, **_style(i))
-    ax.set(xlabel="epoch", ylabel=key, yscale="log", title=f"training: {key}")
+def plot_history(histories: Dict[str, Any], path: str, key: str = "val_loss") -> str:
+    """Training curves: ``histories`` maps a name to the trainer's history rows, or to a list
+    of them (one per seed: each seed drawn thin in the name's colour and style)."""
+    fig, (ax,) = _figure(1, width=6.0)
+    for i, (name, runs) in enumerate(histories.items()):
+        runs = runs if runs and isinstance(runs[0], list) else [runs]
+        color = None
+        for j, rows in enumerate(runs):
+            pts = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+            if pts:
+                line, = ax.plot(*zip(*pts), label=name if j == 0 else None, color=color, lw=1.0,
+                                **dict(_style(i), ms=2))
+                color = line.get_color()
+    ax.set(xlabel="epoch", ylabel=key, yscale="log", title=f"training: {key} (one curve per seed)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    _legend(fig, ax)
     return _save(fig, path)
 
 
 # ---------------------------------------------------------------- inpainting
 
-def plot_psnr_layers(results: Dict[str, Dict[str, list]], path: str) -> str:
-    """PSNR and SSIM per layer (two PNG panels side by side)."""
-    fig, (ax_p, ax_s) = _figure(2)
+def plot_psnr_layers(results: Dict[str, Any], path: str) -> str:
+    """PSNR and SSIM per layer (two panels side by side); bands over seeds."""
+    fig, (ax_p, ax_s) = _figure(2, width=4.6)
     for i, (name, m) in enumerate(results.items()):
-        layers = list(range(len(m["psnr"])))
-        ax_p.plot(layers, m["psnr"], label=name, **_style(i))
-        ax_s.plot(layers, m["ssim"], label=name, **_style(i))
+        layers = list(range(len(_seeds(m)[0]["psnr"])))
+        _line(ax_p, layers, m, lambda d: d["psnr"], i, name)
+        _line(ax_s, layers, m, lambda d: d["ssim"], i, name)
     ax_p.set(xlabel="layer l (0 = masked input)", ylabel="PSNR (dB)", title="PSNR per layer")
     ax_s.set(xlabel="layer l (0 = masked input)", ylabel="SSIM", title="SSIM per layer")
     for ax in (ax_p, ax_s):
         ax.grid(alpha=0.3)
-    ax_p.legend(fontsize=8)
+    _legend(fig, ax_p)
     return _save(fig, path)
 
 
-def plot_residual_descending(results: Dict[str, Dict[str, list]], path: str, title: str) -> str:
-    """Grouped bars of the descending frequency of ||grad_x f|| and ||grad_z f|| per layer."""
-    fig, axes = _figure(2, width=5.5)
-    names = list(results)
-    k = max(len(names), 1)
-    width = 0.8 / k
-    for ax, key, label in zip(axes, ("desc_x", "desc_z"), ("||grad_x f||", "||grad_z f|| = ||z_top||")):
-        for i, name in enumerate(names):
-            d = results[name][key]
-            ax.bar([l + 1 + (i - (k - 1) / 2) * width for l in range(len(d))], d, width=width, label=name)
-        ax.axhline(1.0, color="k", lw=0.6, ls=":")
-        ax.set(xlabel="layer l", ylabel="fraction with r_l < r_(l-1)", ylim=(0, 1.05), title=f"{title}: {label}")
-        ax.grid(alpha=0.3, axis="y")
-    axes[0].legend(fontsize=7, loc="lower right")
+def plot_residual_descending(results: Dict[str, Any], path: str, title: str) -> str:
+    """1 - descending frequency (log axis) of ||grad_x f||, ||grad_z f|| and ||x_l - x|| per
+    layer; bands over seeds."""
+    fig, axes = _figure(3, width=3.6)
+    floor = 1e-3
+    for m in results.values():
+        c = _seeds(m)[0].get("count")
+        if c:
+            floor = max(floor, 0.5 / c)
+    for ax, key, text in zip(axes, ("desc_x", "desc_z", "desc_err"),
+                             ("||grad_x f||", "||grad_z f|| = ||z_top||", "||x_l - x||")):
+        for i, (name, m) in enumerate(results.items()):
+            layers = list(range(1, len(_seeds(m)[0][key]) + 1))
+            _line(ax, layers, m, lambda d: d[key], i, name, transform=lambda v: max(1.0 - v, floor))
+        ax.axhline(0.05, color="k", lw=0.6, ls=":")
+        ax.set(xlabel="layer l", ylabel="1 - descending frequency (log)", yscale="log", ylim=(floor * 0.8, 1.2),
+               title=f"{title}: {text}")
+        ax.set_xticks(layers)
+        ax.grid(alpha=0.3, which="both")
+    _legend(fig, axes[0])
     return _save(fig, path)
 
 
-def plot_psnr_sweep(results: Dict[str, Dict[str, list]], path: str) -> str:
-    """Final PSNR and SSIM against the perturbation level p."""
-    fig, (ax_p, ax_s) = _figure(2)
+def plot_psnr_sweep(results: Dict[str, Any], path: str) -> str:
+    """Final PSNR and SSIM against the perturbation level p; bands over seeds."""
+    fig, (ax_p, ax_s) = _figure(2, width=4.6)
     for i, (name, s) in enumerate(results.items()):
-        ax_p.plot(s["p"], s["psnr"], label=name, **_style(i))
-        ax_s.plot(s["p"], s["ssim"], label=name, **_style(i))
-    first = next(iter(results.values()), None)
+        ps = _seeds(s)[0]["p"]
+        _line(ax_p, ps, s, lambda d: d["psnr"], i, name)
+        _line(ax_s, ps, s, lambda d: d["ssim"], i, name)
+    first = _seeds(next(iter(results.values())))[0] if results else None
     if first is not None:  # p = 0 leaves the image exact (infinite PSNR): not drawn
         pts = [(p, v) for p, v in zip(first["p"], first["psnr_input"]) if p > 0]
         if pts:
             ax_p.plot(*zip(*pts), color="gray", lw=0.8, ls=":", label="perturbed image itself")
+        if "psnr_masked" in first:
+            ax_p.plot(first["p"], first["psnr_masked"], color="k", lw=0.8, ls="--", label="masked input (no network)")
     ax_p.set(xlabel="p (norm of the perturbation)", ylabel="final PSNR vs clean (dB)", title="perturbation sweep")
     ax_s.set(xlabel="p (norm of the perturbation)", ylabel="final SSIM vs clean", title="perturbation sweep")
     for ax in (ax_p, ax_s):
         ax.grid(alpha=0.3)
-    ax_p.legend(fontsize=8)
+    _legend(fig, ax_p)
     return _save(fig, path)
 
 

@@ -1,10 +1,19 @@
-"""What every experiment shares: the run options, the one :func:`train_variant`, checkpoint
-reading and the checks of a run's output folder, device and epochs.
+"""What every experiment shares: the run options, the one :func:`train_variant`, the
+learning-rate schedule and time budget of a run, checkpoint reading and the checks of a
+run's output folder, device and epochs.
 
 An experiment (:mod:`~sdu_ext.experiments.lista`, :mod:`~sdu_ext.experiments.inpaint`) fills
 in an :class:`Experiment`: how to build its model, its training noise and its constraints,
 and what its training summary adds. :func:`train_variant` then trains any of the variants
-of :data:`sdu_ext.presets.VARIANTS` the same way for both.
+of :data:`sdu_ext.presets.VARIANTS` the same way for both, and :func:`train_variants` every
+variant of a preset for each of its seeds.
+
+The trainer has no learning-rate schedule, so :class:`PlateauSchedule` (a preset's
+``schedule``) acts between epochs through the trainer's public API: the ``fit`` callback
+scales the optimizer's learning rates and ends a converged run; on ``--resume`` its state is
+recomputed from the run's history and the one reduction the checkpoint may not hold yet (the
+checkpoint is written before the callback runs) is applied by an optimizer
+``load_state_dict`` post-hook. A time budget (:class:`Budget`) ends runs the same way.
 """
 import abc
 import dataclasses
@@ -15,13 +24,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..presets import LABELS, VARIANTS
+from ..presets import VARIANTS, ScheduleConfig
 from ..train import PrimalDualTrainer, load_checkpoint
 from .report import copy_logs, start_report
 
 REPORT_FILES = ("config.json", "metrics.json", "report.md", "checkpoints")  # what a previous reproduction left
 
-__all__ = ["CLIError", "Interrupted", "RunOptions", "Experiment", "train_variant", "train_variants", "check_out",
+__all__ = ["CLIError", "Interrupted", "RunOptions", "Experiment", "PlateauSchedule", "Budget", "train_variant",
+           "train_variants", "run_name", "seeds_of", "check_out",
            "start_reproduction", "check_data_cache",
            "check_device", "apply_epochs", "read_checkpoint", "load_weights"]
 
@@ -49,6 +59,8 @@ class RunOptions:
     or ``~/.cache/sdu_ext``). resume: continue the runs in ``out``. overwrite: replace a
     previous run in ``out``. epochs: override the preset's number of epochs. threads: the
     torch CPU threads (only stated in a report's command line; the CLI sets them).
+    time_budget: seconds the whole command may take (None: no limit); training stops
+    cleanly in time to evaluate and report with the epochs reached (``resume`` continues).
     """
 
     out: Optional[str] = None
@@ -60,6 +72,7 @@ class RunOptions:
     overwrite: bool = False
     epochs: Optional[int] = None
     threads: Optional[int] = None
+    time_budget: Optional[float] = None
 
 
 class Experiment(abc.ABC):
@@ -92,8 +105,14 @@ class Experiment(abc.ABC):
         """``(train, val)`` in the form :class:`~sdu_ext.train.PrimalDualTrainer` takes."""
 
     def trainer_options(self, model: nn.Module, config) -> Dict[str, Any]:
-        """Extra keyword arguments of the trainer (``loss``, ``optimizer``, ...)."""
+        """Extra keyword arguments of the trainer (``loss``, ...)."""
         return {}
+
+    def optimizer_factory(self, model: nn.Module, config) -> Callable:
+        """``factory(params) -> torch.optim.Optimizer`` of the weights (default: ``config.optimizer``
+        at ``config.lr``, as the trainer builds it)."""
+        cls = getattr(torch.optim, config.optimizer)
+        return lambda params: cls(params, lr=config.lr, **config.optimizer_kwargs)
 
     def metadata(self, variant: str) -> Dict[str, Any]:
         """What a checkpoint records about its run (read back by the ``eval`` commands)."""
@@ -142,43 +161,159 @@ def _epoch_in_progress(last: str, epochs: int) -> int:
     return max(1, min(done + 1, epochs))
 
 
+class PlateauSchedule:
+    """The ``"plateau"`` learning-rate schedule of a :class:`~sdu_ext.presets.ScheduleConfig`
+    (see there), one validation loss per epoch: :meth:`update` returns ``"reduce"`` (scale
+    every lr by ``config.factor``), ``"converged"`` (end training) or ``""``."""
+
+    def __init__(self, config: ScheduleConfig):
+        self.config = config
+        self.best: Optional[float] = None
+        self.stale = 0
+        self.reductions = 0
+
+    def update(self, val_loss: Optional[float]) -> str:
+        """The action after an epoch whose noise-free validation loss is ``val_loss``."""
+        c = self.config
+        if c.kind is None or val_loss is None:
+            return ""
+        if self.best is None or val_loss < self.best * (1 - c.threshold):
+            self.best, self.stale = val_loss, 0
+            return ""
+        self.stale += 1
+        if self.stale < c.patience:
+            return ""
+        self.stale = 0
+        if self.reductions >= c.reductions:
+            return "converged"
+        self.reductions += 1
+        return "reduce"
+
+    @classmethod
+    def replay(cls, config: ScheduleConfig, history: List[dict]) -> Tuple["PlateauSchedule", List[str]]:
+        """The schedule after the epochs of ``history`` (trainer rows), and its action after each."""
+        sched = cls(config)
+        return sched, [sched.update(r.get("val_loss")) for r in history]
+
+
+class Budget:
+    """The time budget of a command: ``seconds`` from now for ``runs`` training runs and the
+    evaluation after them, which keeps ``reserve`` of the budget (None: no limit).
+    :meth:`deadline` is the time (``time.perf_counter``) by which the next run must stop:
+    an equal share of what is left for training."""
+
+    def __init__(self, seconds: Optional[float], runs: int, reserve: float = 0.15):
+        if seconds is not None and not (isinstance(seconds, (int, float)) and seconds > 0):
+            raise CLIError(f"--time-budget: expected a number of seconds > 0, got {seconds!r}")
+        self.seconds, self.runs_left = seconds, runs
+        self.end = None if seconds is None else time.perf_counter() + seconds * (1 - reserve)
+
+    def deadline(self) -> Optional[float]:
+        """The stop time of the next run (and one run fewer is left after it)."""
+        if self.end is None:
+            return None
+        share = max(self.end - time.perf_counter(), 0.0) / max(self.runs_left, 1)
+        self.runs_left -= 1
+        return time.perf_counter() + share
+
+
+def _resume_state(last: str, schedule: ScheduleConfig) -> Tuple[Optional[List[dict]], float]:
+    """``(history, pending)`` of the run in ``last``: its history (None when there is no
+    checkpoint), and the lr factor its checkpoint does not hold yet (the reduction of its
+    last epoch's callback, which runs after the checkpoint is written)."""
+    if not os.path.isfile(last):
+        return None, 1.0
+    history = list(load_checkpoint(last).get("history") or [])
+    _, actions = PlateauSchedule.replay(schedule, history)
+    pending = schedule.factor if actions and actions[-1] == "reduce" else 1.0
+    return history, pending
+
+
 def train_variant(experiment: Experiment, variant: str, run_dir: str, *, seed: int = 0, device: str = "cpu",
-                  resume: bool = False, progress: bool = True) -> Tuple[nn.Module, Dict[str, Any], List[dict]]:
+                  resume: bool = False, progress: bool = True, deadline: Optional[float] = None
+                  ) -> Tuple[nn.Module, Dict[str, Any], List[dict]]:
     """Train one network of the comparison into ``run_dir`` (checkpoints and logs).
 
-    ``variant``: a key of :data:`sdu_ext.presets.VARIANTS` (``"constrained"``, ``"standard"``
-    or ``"noisy"``). Every variant starts from the weights ``experiment.build_model(seed)``
-    and sees the same batches. Returns ``(model, summary, history)`` with the best weights
-    loaded, in eval mode; ``summary`` holds the epochs, the best epoch, the best validation
-    loss, the wall-clock seconds of this call and the experiment's own entries
-    (:meth:`Experiment.summary`). ``resume`` continues ``run_dir/last.pt`` when it exists;
-    a checkpoint of another variant or configuration raises CLIError naming what differs.
-    Ctrl-C raises :class:`Interrupted` (the last checkpoint stays intact).
+    ``variant``: a key of :data:`sdu_ext.presets.VARIANTS`. Every variant starts from the
+    weights ``experiment.build_model(seed)`` and sees the same batches. The preset's
+    ``schedule`` scales the learning rate between epochs and may end a converged run;
+    ``deadline`` (a ``time.perf_counter`` time, None: none) ends the run after the epoch
+    that would otherwise run past it. Returns ``(model, summary, history)`` with the best
+    weights loaded, in eval mode; ``summary`` holds the epochs, the best epoch, the best
+    validation loss, why training ended (``stop``: "epochs", "patience", "converged" or
+    "time budget"), the final learning rate, the wall-clock seconds of this call and the
+    experiment's own entries (:meth:`Experiment.summary`). ``resume`` continues
+    ``run_dir/last.pt`` when it exists; a checkpoint of another variant or configuration
+    raises CLIError naming what differs. Ctrl-C raises :class:`Interrupted` (the last
+    checkpoint stays intact).
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant: expected one of {', '.join(map(repr, VARIANTS))}, got {variant!r}")
     mode, noisy = VARIANTS[variant]
     last = os.path.join(run_dir, "last.pt")
+    schedule = getattr(experiment.preset, "schedule", None) or ScheduleConfig()
+    past, pending = None, 1.0
     if resume and os.path.isfile(last):
         _check_resumable(last, experiment, variant, run_dir)
+        try:
+            past, pending = _resume_state(last, schedule)
+        except ValueError as e:
+            raise CLIError(f"resume: {e}; pass --overwrite instead of --resume to start {run_dir!r} afresh") from e
+    sched, actions = PlateauSchedule.replay(schedule, past or [])
     torch.manual_seed(seed)
     model = experiment.build_model(seed)
     noise = experiment.build_noise(model, seed) if noisy else None
     cfg = dataclasses.replace(experiment.preset.train, mode=mode, seed=seed, device=device, checkpoint_dir=run_dir,
                               log_dir=run_dir, progress=progress, tensorboard=False)
+    converged = "converged" in actions
+    if converged:  # a converged run is finished: resuming it trains no further epoch
+        cfg = dataclasses.replace(cfg, epochs=len(past))
+    make = experiment.optimizer_factory(model, cfg)
+
+    def optimizer(params):
+        opt = make(params)
+
+        def apply_pending(o):  # the reduction after the checkpoint's epoch, once
+            nonlocal pending
+            for g in o.param_groups:
+                g["lr"] *= pending
+            pending = 1.0
+        opt.register_load_state_dict_post_hook(apply_pending)
+        return opt
+
+    stop = {"why": "converged" if converged else None}
+
+    def callback(tr, row):
+        action = sched.update(row.get("val_loss"))
+        if action == "reduce":
+            for g in tr.optimizer.param_groups:
+                g["lr"] *= schedule.factor
+        elif action == "converged":
+            stop["why"] = "converged"
+            return True
+        if deadline is not None and row["epoch"] < cfg.epochs \
+                and time.perf_counter() + float(row.get("time_s") or 0.0) > deadline:
+            stop["why"] = "time budget"
+            return True
+        return False
+
     train, val = experiment.splits()
     trainer = PrimalDualTrainer(model, train, val, cfg, experiment.constraints(model), noise=noise,
-                                metadata=experiment.metadata(variant), **experiment.trainer_options(model, cfg))
+                                metadata=experiment.metadata(variant), optimizer=optimizer,
+                                **experiment.trainer_options(model, cfg))
     t0 = time.perf_counter()
     try:
-        history = trainer.fit(resume=resume)
+        history = trainer.fit(resume=resume, callback=callback)
     except KeyboardInterrupt:
         raise Interrupted(_epoch_in_progress(last, cfg.epochs), cfg.epochs, variant) from None
     except ValueError as e:
         if str(e).startswith("resume:"):
             raise CLIError(f"{e}; pass --overwrite instead of --resume to start {run_dir!r} afresh") from e
         raise
-    summary = {"epochs": len(history), "best_epoch": trainer.best_epoch, "best_val_loss": trainer.best_loss,
+    why = stop["why"] or ("epochs" if len(history) >= cfg.epochs else "patience")
+    summary = {"epochs": len(history), "max_epochs": experiment.preset.train.epochs, "stop": why,
+               "best_epoch": trainer.best_epoch, "best_val_loss": trainer.best_loss,
+               "final_lr": float(trainer.optimizer.param_groups[0]["lr"]) if trainer.optimizer is not None else None,
                "seconds": time.perf_counter() - t0,
                "train_seconds_logged": float(sum(r.get("time_s", 0.0) for r in history))}
     summary.update(experiment.summary(model, trainer, history, mode))
@@ -186,23 +321,38 @@ def train_variant(experiment: Experiment, variant: str, run_dir: str, *, seed: i
     return model, summary, history
 
 
-def train_variants(experiment: Experiment, out: str, options: RunOptions, device: str, timing: Dict[str, Any]
-                   ) -> Tuple[Dict[str, Tuple[nn.Module, Dict[str, Any]]], Dict[str, List[dict]], bool]:
-    """Every variant of a reproduction, trained by :func:`train_variant` into
-    ``out/checkpoints/<variant>`` with its logs copied to ``out/runs/<variant>``; each one's
-    seconds go into ``timing``. Returns ``(trained, histories, resumed)``: variant ->
-    ``(model, summary)``, label -> history, and whether some run continued a checkpoint."""
+def run_name(variant: str, seed: int) -> str:
+    """The folder of one training run of a reproduction, under ``checkpoints/`` and ``runs/``."""
+    return os.path.join(variant, f"seed{seed}")
+
+
+def seeds_of(preset, options: RunOptions) -> List[int]:
+    """The seeds of a reproduction: ``options.seed`` and the ``preset.seeds - 1`` after it."""
+    return [options.seed + i for i in range(getattr(preset, "seeds", 1))]
+
+
+def train_variants(experiment: Experiment, out: str, options: RunOptions, device: str, timing: Dict[str, Any],
+                   budget: Optional[Budget] = None
+                   ) -> Tuple[Dict[str, List[Tuple[nn.Module, Dict[str, Any]]]], Dict[str, List[List[dict]]], bool]:
+    """Every variant of the preset for each of its seeds (:func:`seeds_of`), trained by
+    :func:`train_variant` into ``out/checkpoints/<variant>/seed<s>`` with its logs copied to
+    ``out/runs/<variant>/seed<s>``; the seconds of each variant (all seeds) go into
+    ``timing``; ``budget`` gives each run its deadline. Returns ``(trained, histories,
+    resumed)``: variant -> [(model, summary) per seed], variant -> [history per seed], and
+    whether some run continued a checkpoint."""
     trained, histories, resumed = {}, {}, False
-    for variant in VARIANTS:
-        run_dir = os.path.join(out, "checkpoints", variant)
-        resumed |= options.resume and os.path.isfile(os.path.join(run_dir, "last.pt"))
+    for variant in experiment.preset.variants:
         t0 = time.perf_counter()
-        model, summary, history = train_variant(experiment, variant, run_dir, seed=options.seed, device=device,
-                                                resume=options.resume, progress=options.progress)
+        for seed in seeds_of(experiment.preset, options):
+            run_dir = os.path.join(out, "checkpoints", run_name(variant, seed))
+            resumed |= options.resume and os.path.isfile(os.path.join(run_dir, "last.pt"))
+            model, summary, history = train_variant(
+                experiment, variant, run_dir, seed=seed, device=device, resume=options.resume,
+                progress=options.progress, deadline=None if budget is None else budget.deadline())
+            trained.setdefault(variant, []).append((model, dict(summary, seed=seed)))
+            histories.setdefault(variant, []).append(history)
+            copy_logs(run_dir, os.path.join(out, "runs", run_name(variant, seed)))
         timing[f"train_{variant}_seconds"] = time.perf_counter() - t0
-        trained[variant] = (model, summary)
-        histories[LABELS[variant]] = history
-        copy_logs(run_dir, os.path.join(out, "runs", variant))
     return trained, histories, resumed
 
 

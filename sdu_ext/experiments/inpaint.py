@@ -20,9 +20,15 @@ Entry points (``sdu-ext inpaint train|eval`` and ``sdu-ext reproduce inpaint``):
 Training reuses :class:`~sdu_ext.train.PrimalDualTrainer` with two
 :class:`~sdu_ext.train.DescentConstraints` groups, both ``ratio_of_means`` on layers 2..L:
 ``grad_x`` (r = ||200 A^T (A x_l - y)||, :meth:`GlowProx.data_residual`) and ``grad_z``
-(r = ||z_top,l||, :meth:`GlowProx.latent_residual`). The per-sample task loss is the MSE of
-the last layer's image to the clean image (:func:`mse_loss`). Layer 1 is not constrained:
-its initial point is the masked image, whose data residual is 0.
+(r = ||z_top,l||, :meth:`GlowProx.latent_residual`), and a layer-1 group ``layer1``
+(``method.first_residual``; the presets use the distance r = ||x_l - x||,
+:meth:`GlowProx.distance_residual`, ``mean_ratio``): the masked input's data residual is 0
+and its top latent shrinks by exactly 1 / (1 + lambda_1) in layer 1, so neither gradient
+residual can constrain layer 1, while the distance bounds its effect on the PSNR. Images
+whose hole is black in the clean image (the masked input is already exact, r_0 = 0) are
+dropped from every split with a warning (:func:`prepare_data`), as LISTA drops y* = 0. The
+per-sample task loss is ``method.loss`` (:func:`~sdu_ext.models.glow_prox.reconstruction_loss`:
+the per-image sum ||x_L - x||^2 of the research, or the per-pixel mean).
 
 ``reproduce`` writes a report folder: ``report.md``, ``metrics.json``, ``config.json``,
 ``plots/*.png`` (metrics and image grids), ``runs/<model>/history.*`` and, ignored by git
@@ -34,8 +40,10 @@ Seeds: the data set is fixed by the preset; the run's seed seeds the Glow, the t
 (shuffling, noise) and every evaluation draw.
 """
 import dataclasses
+import functools
 import os
 import time
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -47,13 +55,14 @@ from ..presets import InpaintPreset, get_inpaint_preset
 from ..train import DescentConstraints
 from ..train.checkpoint import atomic_save, atomic_write_json
 from . import claims, report
-from .common import (CLIError, Experiment, RunOptions, apply_epochs, check_data_cache, check_device, check_out,
-                     load_weights, read_checkpoint, start_reproduction, train_variant, train_variants)
+from .common import (Budget, CLIError, Experiment, RunOptions, apply_epochs, check_data_cache, check_device,
+                     check_out, load_weights, read_checkpoint, seeds_of, start_reproduction, train_variant,
+                     train_variants)
 from .report import fmt, json_safe, label, table
 
 __all__ = ["FORMAT", "GLOW_FORMAT", "prepare_data", "mse_loss", "build_model", "build_noise", "constraint_groups",
            "load_glow", "pretrain_glow", "optimizer_factory", "InpaintExperiment", "load_model", "evaluate_model",
-           "train", "evaluate", "reproduce"]
+           "run_record", "train", "evaluate", "reproduce", "FIRST_GROUP"]
 
 FORMAT = "sdu_ext.inpaint/1"             # the checkpoint metadata format of GLOW-Prox runs
 GLOW_FORMAT = "sdu_ext.inpaint.glow/1"   # the file of a pretrained Glow
@@ -62,12 +71,31 @@ RUN_FILES = ("last.pt", "best.pt", "history.csv", "glow.pt")                # a 
 
 # ---------------------------------------------------------------- data
 
+def _drop_exact_inputs(data):
+    """``data`` without the images whose masked version equals the clean image (a black hole:
+    r_0 = ||x_0 - x|| = 0), with a warning and ``info["dropped_exact_input"]``."""
+    kept, dropped = {}, {}
+    for name in ("train", "val", "test"):
+        x = data.split(name)
+        keep = (data.measure(x) - x).flatten(1).abs().sum(dim=1) > 0
+        kept[name] = x[keep]
+        if int((~keep).sum()):
+            dropped[name] = int((~keep).sum())
+    if not dropped:
+        return data
+    warnings.warn(f"data: dropped images whose hole is black in the clean image (the masked input is already "
+                  f"exact, so the layer-1 distance ratio divides by 0): {dropped}")
+    return dataclasses.replace(data, **kept, info=dict(data.info, dropped_exact_input=dropped))
+
+
 def prepare_data(preset: InpaintPreset, cache_dir: Optional[str] = None, device: str = "cpu"):
     """The :class:`~sdu_ext.problems.inpainting.InpaintingData` of ``preset.data`` (through
-    the on-disk cache, ``cache_dir`` default ``$SDU_EXT_CACHE`` or ``~/.cache/sdu_ext``) on ``device``."""
+    the on-disk cache, ``cache_dir`` default ``$SDU_EXT_CACHE`` or ``~/.cache/sdu_ext``) on
+    ``device``, without the images whose masked input is already exact (a warning names how
+    many per split; they would divide the layer-1 distance ratio by 0)."""
     from ..problems import inpainting
 
-    data = inpainting.load(preset.data, cache_dir=cache_dir)
+    data = _drop_exact_inputs(inpainting.load(preset.data, cache_dir=cache_dir))
     if device != "cpu":
         data = dataclasses.replace(data, train=data.train.to(device), val=data.val.to(device),
                                    test=data.test.to(device), mask=data.mask.to(device))
@@ -100,11 +128,21 @@ def build_noise(sigma: float, seed: int) -> nn.Module:
     return UnitDirectionNoise(sigma, generator=torch.Generator().manual_seed(seed))
 
 
+FIRST_GROUP = "layer1"  # the name of the layer-1 constraint group
+
+
 def constraint_groups(model: nn.Module, method) -> List[DescentConstraints]:
-    """The two descent-constraint groups of ``model`` (names ``grad_x`` and ``grad_z``)."""
+    """The descent-constraint groups of ``model``: ``grad_x`` and ``grad_z`` on layers
+    ``method.first_layer``..L, and with ``method.first_residual`` the layer-1 group
+    ``layer1`` (its residual, ``method.first_form``, ``method.first_eps``)."""
     layers = list(range(method.first_layer, model.num_layers + 1))
-    return [DescentConstraints(model.data_residual, method.form, eps=method.eps, layers=layers, name="grad_x"),
-            DescentConstraints(model.latent_residual, method.form, eps=method.eps, layers=layers, name="grad_z")]
+    groups = [DescentConstraints(model.data_residual, method.form, eps=method.eps, layers=layers, name="grad_x"),
+              DescentConstraints(model.latent_residual, method.form, eps=method.eps, layers=layers, name="grad_z")]
+    if method.first_residual is not None:
+        residual = model.distance_residual if method.first_residual == "distance" else model.objective_residual
+        groups.append(DescentConstraints(residual, method.first_form, eps=method.first_eps, layers=[1],
+                                         name=FIRST_GROUP))
+    return groups
 
 
 def _glow_key(preset, data, seed):
@@ -218,16 +256,21 @@ class InpaintExperiment(Experiment):
         return self.data.pairs("train"), self.data.pairs("val")
 
     def trainer_options(self, model, config):
-        return {"loss": mse_loss, "optimizer": optimizer_factory(model, config, self.preset.method)}
+        from ..models.glow_prox import reconstruction_loss
+
+        return {"loss": functools.partial(reconstruction_loss, reduction=self.preset.method.loss)}
+
+    def optimizer_factory(self, model, config):
+        return optimizer_factory(model, config, self.preset.method)
 
     def summary(self, model, trainer, history, mode):
-        layers = trainer.constrained_layers()["grad_x"]
-        out = {"constrained_layers": layers, "mu": model.mu.tolist(), "lam": model.lam.tolist(),
-               "overflows": model.overflows}
+        layers = trainer.constrained_layers()
+        out = {"constrained_layers": layers["grad_x"], "group_layers": layers, "mu": model.mu.tolist(),
+               "lam": model.lam.tolist(), "overflows": model.overflows}
         if mode == "constrained":
             out["multipliers"] = {k: v.tolist() for k, v in trainer.multipliers.items()}
             out["max_multipliers"] = {g: [max([float(r.get(f"{g}_nu_{l}", 0.0)) for r in history] or [0.0])
-                                          for l in layers] for g in ("grad_x", "grad_z")}
+                                          for l in ls] for g, ls in layers.items()}
         else:
             out["multipliers"] = out["max_multipliers"] = None
         return out
@@ -299,7 +342,7 @@ def train(preset: Union[str, InpaintPreset], variant: str, options: RunOptions, 
     pretrained, _ = _glow(preset, data, os.path.join(out, "glow.pt"), glow, options, device)
     _, summary, _ = train_variant(InpaintExperiment(preset, data, pretrained), variant, out, seed=options.seed,
                                   device=device, resume=options.resume, progress=options.progress)
-    print(f"trained {label(variant)} GLOW-Prox ({preset.name}): best epoch {summary['best_epoch']}, validation MSE "
+    print(f"trained {label(variant)} GLOW-Prox ({preset.name}): best epoch {summary['best_epoch']}, validation loss "
           f"{fmt(summary['best_val_loss'], 5)}; checkpoints in {out}")
     return 0
 
@@ -362,15 +405,33 @@ def _grids(pdir, nets, data, ev, seed):
     return grid_p
 
 
+def run_record(variant: str, seed: int, ev: Dict[str, Any], first_layer: int, first_eps: Optional[float]
+               ) -> Dict[str, Any]:
+    """The compact per-seed record of metrics.json's ``"runs"`` from one evaluation ``ev``
+    (``{"clean", "under_noise", "sweep", "train"}``): ``layer_psnr_db`` per iterate (index 0 =
+    the masked input), the lowest descending frequency over the constrained residuals."""
+    t, c = ev.get("train", {}), ev["clean"]
+    return {"seed": seed, "final_multipliers": t.get("multipliers"), "max_multipliers": t.get("max_multipliers"),
+            "min_descending_frequency": claims.inpaint_descent_stat(c, first_layer, first_eps is not None),
+            "layer_psnr_db": c["psnr"], "final_psnr_db": c["psnr"][-1], "best_epoch": t.get("best_epoch"),
+            "epochs": t.get("epochs"), "stop": t.get("stop"), "final_lr": t.get("final_lr"),
+            "train_seconds": t.get("seconds")}
+
+
 def reproduce(preset: Union[str, InpaintPreset], options: RunOptions) -> int:
-    """``sdu-ext reproduce inpaint``: pretrain the Glow, train, evaluate and report the comparison
-    into ``options.out`` (default ``runs/inpaint_<preset>``); see the module docstring."""
+    """``sdu-ext reproduce inpaint``: pretrain the Glow (once, with the run's seed), train every
+    variant of the preset for each of its seeds, evaluate them and the untrained network,
+    decide the claims over seeds and report into ``options.out`` (default
+    ``runs/inpaint_<preset>``); see the module docstring."""
     from ..evaluate import plots
 
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), report.cpu_seconds()
+    load_start = report.machine_info()["load"]
     preset, device, out = start_reproduction("inpaint", _preset(preset), options)
     progress = options.progress
     timing = {}
+    seeds = seeds_of(preset, options)
+    budget = Budget(options.time_budget, len(preset.variants) * len(seeds))
 
     t0 = time.perf_counter()
     data = prepare_data(preset, check_data_cache(options.data_cache), device)
@@ -382,41 +443,52 @@ def reproduce(preset: Union[str, InpaintPreset], options: RunOptions) -> int:
     resumed = bool(glow_info and glow_info.get("reused"))
     experiment = InpaintExperiment(preset, data, glow)
 
-    trained, histories, resumed_runs = train_variants(experiment, out, options, device, timing)
+    trained, histories, resumed_runs = train_variants(experiment, out, options, device, timing, budget)
     resumed |= resumed_runs
     untrained = build_model(preset, data.mask, glow, options.seed).to(device).eval()
 
     t0 = time.perf_counter()
     ev, first = preset.evaluation, preset.method.first_layer
-    nets = {k: m for k, (m, _) in trained.items()} | {"untrained": untrained}
-    models = {}
-    for k, model in tqdm(nets.items(), desc="evaluate", disable=not progress, leave=False):
-        models[k] = evaluate_model(model, data, ev, options.seed, first)
-        if k in trained:
-            models[k]["train"] = trained[k][1]
+    first_eps = preset.method.first_eps if preset.method.first_residual is not None else None
+    per_seed: Dict[str, List[dict]] = {}
+    for variant, runs in tqdm(trained.items(), desc="evaluate", disable=not progress, leave=False):
+        for seed, (model, summary) in zip(seeds, runs):
+            per_seed.setdefault(variant, []).append(dict(evaluate_model(model, data, ev, seed, first),
+                                                         train=summary))
+    per_seed["untrained"] = [evaluate_model(untrained, data, ev, options.seed, first)]
+    models = {v: report.mean_tree(rs) for v, rs in per_seed.items()}
     timing["evaluate_seconds"] = time.perf_counter() - t0
 
-    verdicts = claims.assess_inpaint_claims(models, first, preset.method.eps)
+    verdicts = claims.assess_inpaint_claims(per_seed, first, preset.method.eps, first_eps)
 
     t0 = time.perf_counter()
     pdir = os.path.join(out, "plots")
-    labelled = {label(k): v for k, v in models.items()}
-    plots.plot_psnr_layers({k: v["clean"] for k, v in labelled.items()}, os.path.join(pdir, "layers.png"))
-    plots.plot_residual_descending({label(k): models[k]["clean"] for k in trained},
+    plots.plot_psnr_layers({label(k): [r["clean"] for r in rs] for k, rs in per_seed.items()},
+                           os.path.join(pdir, "layers.png"))
+    plots.plot_residual_descending({label(k): [r["clean"] for r in per_seed[k]] for k in trained},
                                    os.path.join(pdir, "descending.png"), "clean")
-    plots.plot_residual_descending({label(k): models[k]["under_noise"] for k in trained},
+    plots.plot_residual_descending({label(k): [r["under_noise"] for r in per_seed[k]] for k in trained},
                                    os.path.join(pdir, "descending_noise.png"), f"noise {ev.noise_sigma:g}")
-    plots.plot_psnr_sweep({k: v["sweep"] for k, v in labelled.items()}, os.path.join(pdir, "sweep.png"))
-    plots.plot_history(histories, os.path.join(pdir, "val_loss.png"))
+    plots.plot_psnr_sweep({label(k): [r["sweep"] for r in rs] for k, rs in per_seed.items()},
+                          os.path.join(pdir, "sweep.png"))
+    plots.plot_history({label(k): h for k, h in histories.items()}, os.path.join(pdir, "val_loss.png"))
+    nets = {k: runs[0][0] for k, runs in trained.items()} | {"untrained": untrained}
     grid_p = _grids(pdir, nets, data, ev, options.seed)
     timing["plots_seconds"] = time.perf_counter() - t0
     timing["total_seconds"] = time.perf_counter() - t_start
+    timing["cpu_seconds"] = report.cpu_seconds() - cpu_start
     timing["resumed"] = bool(resumed)
+    timing["time_budget"] = options.time_budget
 
-    results = {"format": FORMAT, "preset": preset.to_dict(), "seed": options.seed, "machine": report.machine_info(),
+    results = {"format": FORMAT, "preset": preset.to_dict(), "seed": options.seed, "seeds": seeds,
+               "machine": dict(report.machine_info(), load_start=load_start),
                "data": {"train": int(data.train.shape[0]), "val": int(data.val.shape[0]),
                         "test": int(data.test.shape[0]), "info": data.info, "config_key": data.config.key()},
-               "glow": glow_info, "timing": timing, "claims": verdicts, "grid_p": grid_p, "models": models}
+               "glow": glow_info, "timing": timing, "claims": verdicts, "grid_p": grid_p,
+               "runs": {v: [run_record(v, seed, r, first, first_eps) for seed, r in zip(seeds, rs)]
+                        for v, rs in per_seed.items() if v != "untrained"},
+               "models": models, "per_seed": per_seed}
+    results["reading"] = claims.inpaint_reading(preset, results)
     report.write_inpaint_report(out, preset, results, report.report_command("inpaint", preset, options, out),
-                                claims.inpaint_reading(preset, results))
+                                results["reading"])
     return report.finish_report(out, results)

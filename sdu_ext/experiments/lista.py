@@ -42,12 +42,14 @@ from ..presets import LABELS, Preset, get_preset
 from ..train import DescentConstraints
 from ..train.checkpoint import atomic_save, atomic_write_json
 from . import claims, report
-from .common import (CLIError, Experiment, RunOptions, apply_epochs, check_data_cache, check_device, check_out,
-                     load_weights, read_checkpoint, start_reproduction, train_variant, train_variants)
+from .common import (Budget, CLIError, Experiment, RunOptions, apply_epochs, check_data_cache, check_device,
+                     check_out, load_weights, read_checkpoint, seeds_of, start_reproduction, train_variant,
+                     train_variants)
 from .report import fmt, json_safe, layers_table, table
 
 __all__ = ["FORMAT", "LassoData", "prepare_data", "build_model", "build_noise", "ListaExperiment", "load_model",
-           "evaluate_clean", "evaluate_robustness", "ood_sets", "train", "evaluate", "robustness", "reproduce"]
+           "evaluate_clean", "evaluate_robustness", "ood_sets", "run_record", "train", "evaluate", "robustness",
+           "reproduce"]
 
 FORMAT = "sdu_ext.cli/1"  # the checkpoint metadata format of LISTA runs
 MATCH_MAX_ITER = 5000     # learned-optimizer view: classic iterations tried to match a network's NMSE
@@ -136,12 +138,14 @@ def prepare_data(cfg, cache_dir: Optional[str] = None, progress: bool = False) -
 # ---------------------------------------------------------------- variants
 
 def build_model(preset: Preset, D: torch.Tensor, alpha: float, seed: int) -> nn.Module:
-    """LISTA for ``preset.model`` on dictionary ``D``; the ``paper`` weight draw is seeded by ``seed``."""
+    """LISTA for ``preset.model`` on dictionary ``D``; the ``paper`` and ``random`` weight
+    draws are seeded by ``seed``."""
     from ..models import LISTA
 
     mc = preset.model
+    stds = {"weight_std": mc.weight_std, "y0_std": mc.y0_std} if mc.init == "random" else {}
     return LISTA(D, alpha, mc.num_layers, init=mc.init, tied=mc.tied,
-                 generator=torch.Generator().manual_seed(seed))
+                 generator=torch.Generator().manual_seed(seed), **stds)
 
 
 def build_noise(preset: Preset, model: nn.Module, seed: int) -> Callable:
@@ -354,17 +358,31 @@ def robustness(checkpoint: str, preset: Union[str, Preset, None], options: RunOp
     return 0
 
 
+def run_record(variant: str, seed: int, ev: Dict[str, Any]) -> Dict[str, Any]:
+    """The compact per-seed record of metrics.json's ``"runs"`` from one evaluation ``ev``
+    (``{"clean", "sweep", "under_noise", "ood", "train"}``)."""
+    t, c = ev["train"], ev["clean"]
+    return {"seed": seed, "final_multipliers": t.get("multipliers"), "max_multipliers": t.get("max_multipliers"),
+            "min_descending_frequency": min(c["descending"]), "descending": c["descending"],
+            "final_nmse_db": c["nmse_db"][-1], "layer_nmse_db": c["nmse_db"], "best_epoch": t["best_epoch"],
+            "epochs": t["epochs"], "stop": t["stop"], "final_lr": t.get("final_lr"), "train_seconds": t["seconds"]}
+
+
 def reproduce(preset: Union[str, Preset], options: RunOptions) -> int:
-    """``sdu-ext reproduce lista``: train, evaluate and report the comparison into
+    """``sdu-ext reproduce lista``: train every variant of the preset for each of its seeds,
+    evaluate them (and ISTA/FISTA), decide the claims over seeds and report into
     ``options.out`` (default ``runs/lista_<preset>``); see the module docstring."""
     from ..evaluate import plots
     from ..models import FISTA, ISTA
     from ..problems import Lasso
 
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), report.cpu_seconds()
+    load_start = report.machine_info()["load"]
     preset, device, out = start_reproduction("lista", _preset(preset), options)
     progress = options.progress
     timing = {}
+    seeds = seeds_of(preset, options)
+    budget = Budget(options.time_budget, len(preset.variants) * len(seeds))
 
     t0 = time.perf_counter()
     data = prepare_data(preset.data, check_data_cache(options.data_cache), progress=progress)
@@ -372,7 +390,7 @@ def reproduce(preset: Union[str, Preset], options: RunOptions) -> int:
     data_dev = data.to(device)
     experiment = ListaExperiment(preset, data_dev)
 
-    trained, histories, resumed = train_variants(experiment, out, options, device, timing)
+    trained, histories, resumed = train_variants(experiment, out, options, device, timing, budget)
 
     t0 = time.perf_counter()
     ev = preset.evaluation
@@ -380,12 +398,16 @@ def reproduce(preset: Union[str, Preset], options: RunOptions) -> int:
     timing["ood_optima_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    models = {}
-    for variant, (model, summary) in tqdm(trained.items(), desc="evaluate", disable=not progress, leave=False):
-        models[variant] = {"train": summary,
-                           "clean": evaluate_clean(model, data_dev.test, ev, options.seed),
-                           "robustness": evaluate_robustness(model, data_dev.test, sets, ev,
-                                                             preset.method.noise_negative, options.seed)}
+    per_seed: Dict[str, List[dict]] = {}
+    for variant, runs in tqdm(trained.items(), desc="evaluate", disable=not progress, leave=False):
+        for seed, (model, summary) in zip(seeds, runs):
+            rob = evaluate_robustness(model, data_dev.test, sets, ev, preset.method.noise_negative, seed)
+            per_seed.setdefault(variant, []).append({"train": summary,
+                                                     "clean": evaluate_clean(model, data_dev.test, ev, seed), **rob})
+    models = {v: {"train": report.mean_tree([r["train"] for r in rs]),
+                  "clean": report.mean_tree([r["clean"] for r in rs]),
+                  "robustness": {k: report.mean_tree([r[k] for r in rs]) for k in ("sweep", "under_noise", "ood")}}
+              for v, rs in per_seed.items()}
     L = preset.model.num_layers
     D = data_dev.D
     baselines = {"ISTA": evaluate_model(ISTA(D, data.alpha, L), *data_dev.test, batch_size=ev.batch_size),
@@ -401,30 +423,35 @@ def reproduce(preset: Union[str, Preset], options: RunOptions) -> int:
         matching[method] = dict(zip(models, its))
     timing["learned_optimizer_seconds"] = time.perf_counter() - t0
 
-    verdicts = claims.assess_lista_claims({k: {"clean": v["clean"], **v["robustness"]} for k, v in models.items()})
+    verdicts = claims.assess_lista_claims(per_seed)
 
     t0 = time.perf_counter()
     pdir = os.path.join(out, "plots")
-    clean = {LABELS[k]: v["clean"] for k, v in models.items()}
+    clean = {LABELS[k]: [r["clean"] for r in rs] for k, rs in per_seed.items()}
     plots.plot_layers(clean | baselines, os.path.join(pdir, "layers.png"))
     plots.plot_descending(clean | baselines, os.path.join(pdir, "descending.png"))
-    plots.plot_descending({LABELS[k]: v["robustness"]["under_noise"] for k, v in models.items()},
+    plots.plot_descending({LABELS[k]: [r["under_noise"] for r in rs] for k, rs in per_seed.items()},
                           os.path.join(pdir, "descending_noise.png"),
                           title=f"descending frequency under noise (sigma = {ev.perturb_sigma:g})")
-    plots.plot_sweep({LABELS[k]: v["robustness"]["sweep"] for k, v in models.items()},
+    plots.plot_sweep({LABELS[k]: [r["sweep"] for r in rs] for k, rs in per_seed.items()},
                      os.path.join(pdir, "sweep.png"))
-    plots.plot_ood({LABELS[k]: v["robustness"]["ood"] for k, v in models.items()}, os.path.join(pdir, "ood.png"))
-    plots.plot_history(histories, os.path.join(pdir, "val_loss.png"))
+    plots.plot_ood({LABELS[k]: [r["ood"] for r in rs] for k, rs in per_seed.items()}, os.path.join(pdir, "ood.png"))
+    plots.plot_history({LABELS[k]: h for k, h in histories.items()}, os.path.join(pdir, "val_loss.png"))
     timing["plots_seconds"] = time.perf_counter() - t0
     timing["total_seconds"] = time.perf_counter() - t_start
+    timing["cpu_seconds"] = report.cpu_seconds() - cpu_start
     timing["resumed"] = bool(resumed)
+    timing["time_budget"] = options.time_budget
 
     info = {k: v for k, v in data.info.items() if k != "config_key"}
-    results = {"format": FORMAT, "preset": preset.to_dict(), "seed": options.seed, "machine": report.machine_info(),
+    results = {"format": FORMAT, "preset": preset.to_dict(), "seed": options.seed, "seeds": seeds,
+               "machine": dict(report.machine_info(), load_start=load_start),
                "data": {"train": int(data.train[0].shape[0]), "val": int(data.val[0].shape[0]),
                         "test": int(data.test[0].shape[0]), "info": info},
-               "timing": timing, "claims": verdicts, "models": models, "baselines": baselines,
-               "iterations_to_match": matching}
+               "timing": timing, "claims": verdicts,
+               "runs": {v: [run_record(v, seed, r) for seed, r in zip(seeds, rs)] for v, rs in per_seed.items()},
+               "models": models, "per_seed": per_seed, "baselines": baselines, "iterations_to_match": matching}
+    results["reading"] = claims.lista_reading(preset, results)
     report.write_lista_report(out, preset, data, results, report.report_command("lista", preset, options, out),
-                              claims.lista_reading(preset, results))
+                              results["reading"])
     return report.finish_report(out, results)
