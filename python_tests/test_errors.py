@@ -413,6 +413,9 @@ MISUSES = {
     "load-config-dict": Misuse(  # was: AttributeError with overrides
         lambda t: P_.load({"name": "synthetic"}, n_train=4), ValueError, "config",
         r"expected a DatasetConfig or None, got dict$"),
+    "load-cache-string": Misuse(  # was: silent ("no" is true: the cache was used)
+        lambda t: P_.load(n=4, m=6, n_train=2, n_val=1, n_test=1, cache="no"), ValueError, "cache",
+        r"expected True or False, got 'no'$"),
     "load-cache_dir-file": Misuse(  # was: FileExistsError after the whole generation
         lambda t: P_.load(n=4, m=6, n_train=2, n_val=1, n_test=1, cache_dir=_a_file(t)), ValueError, "cache_dir",
         r"expected a directory, got '.*a_file', a file$"),
@@ -440,6 +443,11 @@ MISUSES = {
     "FISTA-y0-rows": Misuse(
         lambda t: M_.FISTA(_dictionary(), 0.1, 3)(_signals(), y0=torch.zeros(5, 12)), ValueError, "y0",
         r"expected shape \(8, 12\) = \(B, m\) .*, got \(5, 12\)"),
+    "LISTA-noise-not-callable": Misuse(  # was: TypeError "'int' object is not callable" after layer 1
+        lambda t: _lista()(_signals(), noise=3), ValueError, "noise", r"expected a callable, got int$"),
+    "LISTA-generator-seed": Misuse(  # was: AttributeError "'int' object has no attribute 'device'"
+        lambda t: _lista(init="paper")(_signals(), generator=0), ValueError, "generator",
+        r"expected a torch.Generator or None, got int$"),
     # ---- sdu_ext.solvers
     "ista-x-list": Misuse(
         lambda t: S_.ista(_lasso(), _signals().tolist()), ValueError, "x", r"expected shape \(B, 8\) = \(B, n\), got list$"),

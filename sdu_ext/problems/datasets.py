@@ -253,6 +253,8 @@ def load(config=None, *, cache_dir=None, cache=True, progress=None, **overrides)
     ``cache=False`` neither reads nor writes the cache. ``progress``: tqdm bars
     (True / False / None = only for long generations).
     """
+    if not isinstance(cache, bool):
+        raise ValueError(f"cache: expected True or False, got {cache!r}")
     known = {f.name for f in fields(DatasetConfig)}
     bad = sorted(set(overrides) - known)
     if bad:

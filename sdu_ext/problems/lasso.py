@@ -38,7 +38,7 @@ class Lasso:
         """Lipschitz constant of grad g: the largest eigenvalue of D^T D (= ||D||_2^2),
         computed once in float64 from the singular values (not the Frobenius norm)."""
         if self._lipschitz is None:
-            self._lipschitz = float(torch.linalg.matrix_norm(self.D.double(), ord=2)) ** 2
+            self._lipschitz = float(torch.linalg.matrix_norm(self.D.detach().double(), ord=2)) ** 2
         return self._lipschitz
 
     def _check(self, y, x):
