@@ -47,6 +47,31 @@ def _randn(shape, generator, dtype, device):
     return torch.randn(shape, generator=generator, dtype=draw, device=generator.device).to(device, dtype)
 
 
+class _Memo:
+    """One value computed from tensors, reused while the very same tensor objects (same version
+    counters, so not modified in place) come back with the same ``extra`` (plain values). It
+    holds references to those tensors, so their memory cannot pass to other tensors meanwhile."""
+
+    def __init__(self):
+        self._key = self._value = None
+
+    def get(self, tensors, extra, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        try:
+            versions = tuple(t._version for t in tensors)
+        except RuntimeError:  # inference tensors keep no version counter: no reuse
+            return compute()
+        key = self._key
+        if key is not None and len(key[0]) == len(tensors) and all(a is b for a, b in zip(key[0], tensors)) \
+                and key[1] == versions and key[2] == extra:
+            return self._value
+        self._key, self._value = None, compute()
+        self._key = (tuple(tensors), versions, extra)
+        return self._value
+
+    def __deepcopy__(self, memo):
+        return _Memo()
+
+
 def _check_sigma(sigma):
     if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not sigma >= 0:
         raise ValueError(f"sigma: expected a non-negative number, got {sigma!r}")
@@ -92,17 +117,32 @@ class LogGradientNoise(nn.Module):
       gradient vanishes. The norm is floored at the dtype's smallest normal number so
       a zero gradient gives a large finite scale, never inf.
 
+    The gradient ``D^T (D y - xs)`` is computed in one of two equal forms (same sigma, same
+    random draws; they differ by rounding only):
+
+    - residual form: ``(y D^T - xs) D``, two GEMMs of B n m each per call;
+    - Gram form: ``y G - xs D`` with ``G = D^T D`` (m, m) computed once per dictionary and
+      ``xs D`` (B, m) once per forward (reused while the model passes the same ``xs`` tensor
+      to every layer, unmodified): one GEMM of B m m per call. It pays when ``m < 2 n``.
+
+    Both are accurate to the same absolute error (a few units of rounding of ``|D^T xs|``);
+    only a gradient norm at that rounding level (an exact optimum) is known to no digit in
+    either form, which moves its log-norm but, under ``"clamp"``, not the (zero) noise.
+
     Args:
         D: dictionary (n, m); kept as a (non-persistent) buffer, so ``.to(device)``
             moves it with the hook. Pass ``model.D`` to reuse a model's copy.
         sigma: factor (>= 0) on the scale.
         negative: ``"clamp"`` or ``"abs"``.
         generator: optional ``torch.Generator`` for reproducible draws.
+        gram: True / False force the Gram / residual form; None (default) takes the Gram
+            form when ``m <= 1.5 n`` (cheaper once a forward has 2 or more noisy layers),
+            except while ``torch.compile`` traces (the residual form, no cached tensors).
     Call: ``(layer, y (B, m), xs (B, n)) -> (B, m)`` in y's dtype and device.
     """
 
     def __init__(self, D: torch.Tensor, sigma: float = 1.0, negative: str = "clamp",
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, gram: Optional[bool] = None):
         super().__init__()
         if not isinstance(D, torch.Tensor) or D.dim() != 2 or not D.is_floating_point():
             got = tuple(D.shape) if isinstance(D, torch.Tensor) else type(D).__name__
@@ -113,13 +153,38 @@ class LogGradientNoise(nn.Module):
         self.sigma = _check_sigma(sigma)
         self.negative = negative
         self.generator = generator
+        if gram not in (None, True, False):
+            raise ValueError(f"gram: expected True, False or None (automatic), got {gram!r}")
+        self.gram = gram
+        self._gram_memo, self._xs_memo = _Memo(), _Memo()
+
+    def uses_gram(self) -> bool:
+        """Whether :meth:`scale` takes the Gram form now (see the class docstring)."""
+        if torch.compiler.is_compiling():
+            return False
+        if self.gram is not None:
+            return self.gram
+        n, m = self.D.shape
+        return m <= 1.5 * n
+
+    def gradient(self, y: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+        """``D^T (D y_b - xs_b)`` per sample (B, m), detached, in float32 or wider."""
+        acc = torch.promote_types(y.dtype, torch.float32)
+        y = y.detach().to(acc)
+        if not self.uses_gram():
+            D = self.D.to(device=y.device, dtype=acc)
+            return (y @ D.T - xs.detach().to(acc)) @ D
+        where = (y.device, acc)
+        src = self.D
+        G = self._gram_memo.get((src,), where, lambda: _gram(src.to(device=y.device, dtype=acc)))
+        xsD = self._xs_memo.get((xs, src), where, lambda: xs.detach().to(acc) @ src.to(device=y.device, dtype=acc))
+        return torch.addmm(xsD, y, G, beta=-1)  # y G - xs D
 
     def scale(self, y: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         """Per-sample noise standard deviation ``sigma * s_b`` (B,), detached, in
         float32 or wider (float64 for float64 inputs)."""
         acc = torch.promote_types(y.dtype, torch.float32)
-        D = self.D.to(device=y.device, dtype=acc)
-        grad = (y.detach().to(acc) @ D.T - xs.detach().to(acc)) @ D
+        grad = self.gradient(y, xs)
         norm = torch.linalg.vector_norm(grad.to(acc), dim=-1)
         s = torch.log(norm.clamp_min(torch.finfo(acc).tiny))
         s = s.clamp_min(0) if self.negative == "clamp" else s.abs()
@@ -133,6 +198,12 @@ class LogGradientNoise(nn.Module):
 
     def extra_repr(self):
         return f"sigma={self.sigma:g}, negative={self.negative!r}"
+
+
+def _gram(D):
+    """``D^T D`` (m, m), symmetrised so both halves are the same rounding."""
+    G = D.T @ D
+    return 0.5 * (G + G.T)
 
 
 class RescaledNoise(nn.Module):
@@ -154,6 +225,7 @@ class RescaledNoise(nn.Module):
             raise ValueError(f"factor: expected a positive number, got {factor!r}")
         self.inner = inner
         self.factor = float(factor)
+        self._xs_memo = _Memo()  # the scaled xs, one tensor per forward (the inner hook's memo reuses it)
 
     @property
     def generator(self) -> Optional[torch.Generator]:
@@ -162,7 +234,8 @@ class RescaledNoise(nn.Module):
     def forward(self, layer: int, y: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         if self.factor == 1.0:
             return self.inner(layer, y, xs)
-        return self.inner(layer, y * self.factor, xs * self.factor) / self.factor
+        xs = self._xs_memo.get((xs,), self.factor, lambda: xs * self.factor)
+        return self.inner(layer, y * self.factor, xs) / self.factor
 
     def extra_repr(self) -> str:
         return f"factor={self.factor:g}"

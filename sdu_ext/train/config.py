@@ -37,6 +37,9 @@ class TrainConfig:
         lr: primal learning rate (SPEC: 1e-5 in the research code).
         optimizer: name of a ``torch.optim`` class for the weights (``"Adam"``), built as
             ``cls(params, lr=lr, **optimizer_kwargs)``; the trainer also accepts a factory.
+            ``Adam``/``AdamW`` run fused (one kernel) where the device supports it, unless
+            ``optimizer_kwargs`` sets ``fused``/``foreach``/``differentiable``: it agrees with
+            the single-tensor loop to a few ulps per step (see ``sdu_ext.train.optim``).
         lr_dual: dual step size (>= 0); ``nu <- max(0, nu + lr_dual * c_hat)``.
         dual_every: ``"batch"`` (c_hat = the current batch's constraint values) or
             ``"epoch"`` (c_hat = a no-grad estimate over the whole training set, taken

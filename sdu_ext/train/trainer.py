@@ -22,6 +22,7 @@ from .dual import Multiplier, group_multipliers
 from .finite import NonFiniteError, check_loss, check_multipliers, check_state, check_values
 from .layerwise import check_plan, layer_parameter_sets, stage_of
 from .logs import HistoryLog, epoch_row
+from .optim import build_optimizer
 from .schedule import make_schedule
 
 try:
@@ -241,8 +242,7 @@ class PrimalDualTrainer:
             raise ValueError(f"model: no trainable parameters{'' if stage is None else f' for layer {stage}'}")
         if self._optimizer_factory is not None:
             return self._optimizer_factory(params)
-        cls = getattr(torch.optim, self.config.optimizer)
-        return cls(params, lr=self.config.lr, **self.config.optimizer_kwargs)
+        return build_optimizer(self.config.optimizer, params, self.config.lr, self.config.optimizer_kwargs)
 
     def _eps(self, epoch):
         override = self.config.eps_at(epoch)
