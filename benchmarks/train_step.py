@@ -2,7 +2,11 @@
 
 Providers (one run, same shapes, same thread count)
     sdu_ext   ``PrimalDualTrainer.step(batch)``: the package's own training step
-              (fused ops, its noise hook, its optimizer and dual step)
+              (fused ops, its noise hook, its optimizer and dual step); each step gets a
+              fresh copy of the batch, as in training, so per-batch work is not cached
+    unopt     the same step on the unoptimised path of before issue 13: the single-tensor
+              Adam loop (``optimizer_kwargs={"fused": False}``) and the residual form of
+              the noise rule (``LogGradientNoise(gram=False)``)
     eager     a clean PyTorch composition of the same step built from ``sdu_ext.reference``
               (Python-list iterates stacked, reference soft-threshold and constraints,
               the research noise rule with two GEMMs per layer, ``torch.optim.Adam``
@@ -59,7 +63,7 @@ from sdu_ext.train import DescentConstraints, PrimalDualTrainer, TrainConfig  # 
 
 SIZES = {"paper": (512, 1024, 1228, 10), "quick": (256, 250, 500, 10)}  # (B, n, m, L)
 KINDS = ("constrained_noise", "constrained", "standard")
-PROVIDERS = ("sdu_ext", "eager", "compile", "floor")
+PROVIDERS = ("sdu_ext", "unopt", "eager", "compile", "floor")
 EPS, FORM, LR, LR_DUAL = 0.05, "mean_ratio", 1e-6, 1e-3
 MB = 1024.0 * 1024.0
 
@@ -143,18 +147,19 @@ class EagerStep:
 class TrainerStep:
     """``PrimalDualTrainer.step`` on one resident batch."""
 
-    def __init__(self, p: Problem, kind: str, device: str):
+    def __init__(self, p: Problem, kind: str, device: str, fast: bool = True):
         model = _model(p, device)
         mode = "standard" if kind == "standard" else "constrained"
-        noise = LogGradientNoise(model.D) if kind == "constrained_noise" else None
+        noise = LogGradientNoise(model.D, gram=None if fast else False) if kind == "constrained_noise" else None
         cfg = TrainConfig(epochs=1, batch_size=p.x.shape[0], lr=LR, lr_dual=LR_DUAL, mode=mode,
-                          dual_every="batch", device=device, progress=False, seed=0)
+                          dual_every="batch", device=device, progress=False, seed=0,
+                          optimizer_kwargs={} if fast else {"fused": False})
         constraints = DescentConstraints("distance", FORM, eps=EPS) if mode == "constrained" else None
         self.trainer = PrimalDualTrainer(model, (p.x, p.y_star), None, cfg, constraints, noise=noise)
         self.batch = (p.x, p.y_star)
 
     def __call__(self):
-        return self.trainer.step(self.batch)
+        return self.trainer.step((self.batch[0].clone(), self.batch[1]))
 
 
 # ---------------------------------------------------------------- floor
@@ -189,8 +194,8 @@ class GemmFloor:
 
 
 def make_step(provider: str, p: Problem, kind: str, device: str) -> Callable[[], Any]:
-    if provider == "sdu_ext":
-        return TrainerStep(p, kind, device)
+    if provider in ("sdu_ext", "unopt"):
+        return TrainerStep(p, kind, device, fast=provider == "sdu_ext")
     if provider in ("eager", "compile"):
         return EagerStep(p, kind, device, compiled=provider == "compile")
     return GemmFloor(p, kind, device)
@@ -277,9 +282,9 @@ def table(rows) -> str:
     by = {(r["size"], r["kind"], str(r["threads"]), r["provider"]): r for r in rows}
     keys = sorted({(r["size"], r["kind"], str(r["threads"])) for r in rows},
                   key=lambda k: (list(SIZES).index(k[0]), int(k[2]), KINDS.index(k[1])))
-    head = ("| size | step | threads | sdu_ext ms | eager ms | compile ms | floor ms | sdu_ext / floor "
-            "| compile / sdu_ext | eager / sdu_ext | samples/s (sdu_ext) | peak MB sdu_ext / eager / compile "
-            "| target |")
+    head = ("| size | step | threads | sdu_ext ms | unopt ms | eager ms | compile ms | floor ms | sdu_ext / floor "
+            "| unopt / floor | compile / sdu_ext | eager / sdu_ext | samples/s (sdu_ext) "
+            "| peak MB sdu_ext / eager / compile | target |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for size, kind, threads in keys:
         get = lambda pr: by.get((size, kind, threads, pr))  # noqa: E731
@@ -293,8 +298,9 @@ def table(rows) -> str:
         if size == "paper" and tc is not None:
             verdict.append(f"compile >= {tc}: {'met' if comp_r >= tc else 'missed'}")
         sps = float(get("sdu_ext")["samples_per_s"]) if get("sdu_ext") else float("nan")
-        lines.append(f"| {size} | {kind} | {threads} | {ms['sdu_ext']:.1f} | {ms['eager']:.1f} | "
-                     f"{ms['compile']:.1f} | {ms['floor']:.1f} | {floor_r:.2f}x | {comp_r:.2f}x | "
+        lines.append(f"| {size} | {kind} | {threads} | {ms['sdu_ext']:.1f} | {ms['unopt']:.1f} | {ms['eager']:.1f} | "
+                     f"{ms['compile']:.1f} | {ms['floor']:.1f} | {floor_r:.2f}x | {ms['unopt'] / ms['floor']:.2f}x | "
+                     f"{comp_r:.2f}x | "
                      f"{ms['eager'] / ms['sdu_ext']:.2f}x | {sps:,.0f} | "
                      f"{peak['sdu_ext']:.0f} / {peak['eager']:.0f} / {peak['compile']:.0f} | "
                      f"{'; '.join(verdict) or '-'} |")
