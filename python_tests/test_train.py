@@ -593,6 +593,18 @@ def test_plateau_schedule_reduces_lr_then_stops(tmp_path, with_val):
         small_trainer(tmp_path, **{**kw, "lr_factor": 0.5}).fit(resume=True)
 
 
+def test_plateau_schedule_restarts_with_every_layerwise_stage(tmp_path):
+    # no weight moves: every epoch after a stage's first is a plateau; before the last stage the
+    # exhausted schedule holds the rate, in the last one it stops training
+    trainer = small_trainer(tmp_path, mode="layerwise", epochs=16, optimizer="SGD", lr=1e-30, lr_schedule="plateau",
+                            lr_patience=1, lr_factor=0.5, lr_reductions=1)
+    history = trainer.fit()
+    assert [row["stage"] for row in history] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 3
+    assert [row["lr"] for row in history] == pytest.approx([1e-30, 1e-30, 5e-31, 5e-31] * 3 + [1e-30, 1e-30, 5e-31],
+                                                           rel=1e-12)
+    assert trainer.finished and len(history) == 15
+
+
 # ---------------------------------------------------------------- other models
 
 class GradientSteps(nn.Module):
