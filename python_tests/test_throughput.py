@@ -114,6 +114,11 @@ def test_gram_form_memo_follows_its_inputs(rng):
     outer(2, y, other)
     assert outer.inner._xs_memo._key[0][0] is key[0][0]
     copy.deepcopy(outer)(1, y, other)  # a copy starts with empty memos
+    with torch.inference_mode():  # no version counter: the residual form, nothing cached
+        fresh = LogGradientNoise(D2, gram=True)
+        xi = other.clone()
+        torch.testing.assert_close(fresh.gradient(y, xi), (y @ D2.T - xi) @ D2, rtol=1e-12, atol=1e-12)
+        assert fresh._xs_memo._key is None
 
 
 # ---------------------------------------------------------------- a few trainer steps

@@ -123,7 +123,8 @@ class LogGradientNoise(nn.Module):
     - residual form: ``(y D^T - xs) D``, two GEMMs of B n m each per call;
     - Gram form: ``y G - xs D`` with ``G = D^T D`` (m, m) computed once per dictionary and
       ``xs D`` (B, m) once per forward (reused while the model passes the same ``xs`` tensor
-      to every layer, unmodified): one GEMM of B m m per call. It pays when ``m < 2 n``.
+      to every layer, unmodified; not for inference-mode tensors, which take the residual
+      form): one GEMM of B m m per call. It pays when ``m < 2 n``.
 
     Both are accurate to the same absolute error (a few units of rounding of ``|D^T xs|``);
     only a gradient norm at that rounding level (an exact optimum) is known to no digit in
@@ -171,7 +172,7 @@ class LogGradientNoise(nn.Module):
         """``D^T (D y_b - xs_b)`` per sample (B, m), detached, in float32 or wider."""
         acc = torch.promote_types(y.dtype, torch.float32)
         y = y.detach().to(acc)
-        if not self.uses_gram():
+        if not self.uses_gram() or xs.is_inference():  # (no version counter: xs D cannot be reused)
             D = self.D.to(device=y.device, dtype=acc)
             return (y @ D.T - xs.detach().to(acc)) @ D
         where = (y.device, acc)
