@@ -345,6 +345,22 @@ INF, NAN = float("inf"), float("nan")
 L1 = lambda: torch.zeros(8, 12).tolist()  # noqa: E731  (a list where a tensor is due)
 
 MISUSES = {
+    # ---- sdu_ext.ops (checks of the Python wrappers: values, and arguments that are not numbers)
+    "descent_violations-eps-None": Misuse(  # was: TypeError "float() argument must be ..."
+        lambda t: ops.descent_violations(o(3, 4), None), ValueError, "eps", r"expected a value in \[0, 1\), got None$"),
+    "descent_constraints-eps-None": Misuse(  # was: TypeError
+        lambda t: ops.descent_constraints(IT, None, None), ValueError, "eps", r"expected a value in \[0, 1\), got None$"),
+    "descent_violations-negative-norms": Misuse(  # was: silent (values of -1e12)
+        lambda t: ops.descent_violations(torch.tensor([[1.0, 2.0], [0.5, -1.0]])), ValueError, "norms",
+        r"expected residual norms >= 0, got 1 negative \(smallest -1\) in shape \(2, 2\)$"),
+    "soft_threshold-x-list": Misuse(  # was: AttributeError "'list' object has no attribute 'dtype'"
+        lambda t: ops.soft_threshold([1.0, -2.0], 0.5), TypeError, "x", r"expected a tensor, got list$"),
+    "min_norm_subgradient-alpha-None": Misuse(  # was: TypeError "float() argument must be ..."
+        lambda t: ops.min_norm_subgradient(z(3, 4), z(3, 4), None), ValueError, "alpha",
+        r"expected a non-negative value, got None$"),
+    "min_norm_subgradient-alpha-inf": Misuse(  # was: silent (infinite subgradients)
+        lambda t: ops.min_norm_subgradient(z(3, 4), o(3, 4), float("inf")), ValueError, "alpha",
+        r"expected a finite value, got inf$"),
     # ---- sdu_ext.nn
     "SoftThreshold-num_features-negative": Misuse(  # was: RuntimeError "negative dimension -3"
         lambda t: nn_.SoftThreshold(-3), ValueError, "num_features", r"expected None or an integer >= 1, got -3$"),
@@ -605,3 +621,16 @@ def test_cli_resume_of_a_damaged_run_fails_before_the_data_is_prepared(tmp_path,
     monkeypatch.setattr(lista, "prepare_data", prepare_data)
     assert cli.main(TRAIN + ["--out", _previous_run(tmp_path), "--resume", "--data-cache", str(tmp_path / "c")]) == 2
     assert "sdu-ext: error: resume: checkpoint: " in capsys.readouterr().err
+
+
+def test_negative_norms_check_stays_out_of_compile_and_vmap():
+    """The value check of descent_violations runs in eager only: compiled and vmapped calls
+    on valid norms give the eager values."""
+    norms = torch.rand(4, 6, dtype=f64) + 0.1
+    eager = ops.descent_violations(norms, 0.05)[0]
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda n: ops.descent_violations(n, 0.05)[0], fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(norms), eager)
+    stacked = torch.stack([norms, 2 * norms])
+    batched = torch.vmap(lambda n: ops.descent_violations(n, 0.05)[0])(stacked)
+    torch.testing.assert_close(batched[0], eager)

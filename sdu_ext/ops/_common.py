@@ -20,8 +20,7 @@ def _shape(t):
 
 
 def _check_floating(t, name):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a tensor, got {type(t).__name__}")
+    _check_tensor(t, name)
     if t.dtype not in _FLOATING:
         raise RuntimeError(f"{name}: expected dtype float32, float64, float16 or bfloat16, got {t.dtype}")
 
@@ -37,6 +36,25 @@ def _check_same_shape(t, name, ref, ref_name):
     if t.shape != ref.shape:
         what = f" (same as {ref_name})" if ref_name else ""
         raise RuntimeError(f"{name}: expected shape {_shape(ref)}{what}, got {_shape(t)}")
+
+
+def _as_float(value, name, expected):
+    """``float(value)`` of a Python/numpy real number (not bool) or a one-element tensor;
+    ValueError "``name``: expected ``expected``, got <value>" for anything else (None, a
+    string, a vector). The range check stays with the op's own check."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool \
+            and not value.is_complex():
+        return float(value)
+    got = f"a tensor of shape {_shape(value)}" if isinstance(value, torch.Tensor) else repr(value)
+    raise ValueError(f"{name}: expected {expected}, got {got}")
+
+
+def _check_tensor(t, name):
+    """TypeError naming ``name`` unless ``t`` is a tensor (before its attributes are read)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor, got {type(t).__name__}")
 
 
 def _as_theta(theta, x):

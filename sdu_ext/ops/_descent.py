@@ -5,8 +5,10 @@ import torch
 
 from ..reference import FORMS, RATIO_FLOOR, floored
 from ._common import (
+    _FLOATING,
     _Function,
     _acc,
+    _as_float,
     _call,
     _check_floating,
     _check_like,
@@ -245,7 +247,8 @@ def descent_violations(norms, eps=0.05, form="mean_ratio"):
     """Descent-constraint values from residual norms (SPEC section 3).
 
     Args:
-        norms: (L+1, B) residuals r_{l,b}, row 0 = initial point.
+        norms: (L+1, B) residuals r_{l,b} >= 0, row 0 = initial point. A negative
+            entry raises ValueError in eager mode (see ``_check_nonnegative``).
         eps: required decrease, in [0, 1); layer l must reach r_l <= (1 - eps) r_{l-1}.
         form: "mean_ratio" (mean_b r_l/r_{l-1} - (1-eps)), "ratio_of_means"
             (mean r_l / mean r_{l-1} - (1-eps)) or "difference" (mean_b r_l - (1-eps) r_{l-1}).
@@ -260,7 +263,25 @@ def descent_violations(norms, eps=0.05, form="mean_ratio"):
         for ratio_of_means it holds the per-sample ratios). An empty batch gives NaN
         values, like ``torch.mean``.
     """
-    return _call(_DescentViolations, _ops.descent_violations, norms, float(eps), form)
+    eps = _as_float(eps, "eps", "a value in [0, 1)")
+    _check_nonnegative(norms)
+    return _call(_DescentViolations, _ops.descent_violations, norms, eps, form)
+
+
+def _check_nonnegative(norms):
+    """ValueError when eager ``norms`` hold a negative entry (residual norms are >= 0).
+
+    A check of values, so it lives in this wrapper only: fake tensors have none, and it is
+    skipped while torch.compile traces and inside torch.func transforms (no data to read
+    there). It reads ``norms`` once (on CUDA: one synchronisation).
+    """
+    if not isinstance(norms, torch.Tensor) or norms.numel() == 0 or torch.compiler.is_compiling() \
+            or torch._C._functorch.peek_interpreter_stack() is not None or norms.dtype not in _FLOATING:
+        return
+    negative = norms.detach() < 0
+    if bool(negative.any()):
+        raise ValueError(f"norms: expected residual norms >= 0, got {int(negative.sum())} negative "
+                         f"(smallest {float(norms.detach().min()):g}) in shape {_shape(norms)}")
 
 
 @torch.library.register_fake("sdu::descent_violations")
@@ -465,7 +486,7 @@ def descent_constraints(iterates, reference, eps=0.05, form="mean_ratio", return
     (L+1, B) residual norms when ``return_norms`` (differentiable too).
     """
     values, per_sample, norms = _call(_DescentConstraints, _ops.descent_constraints,
-                                      iterates, reference, float(eps), form)
+                                      iterates, reference, _as_float(eps, "eps", "a value in [0, 1)"), form)
     return (values, per_sample, norms) if return_norms else (values, per_sample)
 
 

@@ -13,6 +13,7 @@ from ._common import (
     _check_floating,
     _check_like,
     _check_same_shape,
+    _check_tensor,
     _forward_ad_active,
     _lib,
     _ops,
@@ -51,6 +52,7 @@ def soft_threshold(x, theta):
         order, in reverse and forward mode; the backward reads only the output (the mask
         is ``y != 0``).
     """
+    _check_tensor(x, "x")
     return _call(_SoftThreshold, _ops.soft_threshold, x, _as_theta(theta, x))
 
 
@@ -116,6 +118,7 @@ def soft_threshold_(x, theta):
     memory (an expanded view), as PyTorch's own in-place ops do. Under ``torch.func``
     transforms and forward-mode AD it is computed as ``x.copy_(soft_threshold(x, theta))``.
     """
+    _check_tensor(x, "x")
     theta = _as_theta(theta, x)
     if not torch.compiler.is_compiling() and (
         torch._C._functorch.get_interpreter_stack() or _forward_ad_active()

@@ -1,9 +1,12 @@
 """``min_norm_subgradient`` and its backward op, one block per op (check, wrapper, fake kernel,
 autograd, vmap rule)."""
+import math
+
 import torch
 
 from ._common import (
     _Function,
+    _as_float,
     _call,
     _check_floating,
     _check_like,
@@ -34,9 +37,13 @@ def min_norm_subgradient(grad, y, alpha):
     Entry i is ``grad_i + alpha * sign(y_i)`` where ``y_i != 0`` and
     ``shrink(grad_i, alpha)`` where ``y_i == 0``. Differentiable in ``grad`` to any order
     (its derivative is 1 off the dead zone, 0 inside); piecewise constant in ``y``, whose
-    derivative is 0.
+    derivative is 0. ``alpha`` must be finite (this wrapper's check: the raw op
+    ``torch.ops.sdu.min_norm_subgradient`` only rejects a negative or NaN alpha).
     """
-    return _call(_MinNormSubgradient, _ops.min_norm_subgradient, grad, y, float(alpha))
+    alpha = _as_float(alpha, "alpha", "a non-negative value")
+    if alpha == math.inf:
+        raise ValueError("alpha: expected a finite value, got inf")
+    return _call(_MinNormSubgradient, _ops.min_norm_subgradient, grad, y, alpha)
 
 
 @torch.library.register_fake("sdu::min_norm_subgradient")
