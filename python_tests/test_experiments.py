@@ -12,7 +12,7 @@ import torch
 from sdu_ext import presets
 from sdu_ext.evaluate.metrics import evaluate_model
 from sdu_ext.experiments import inpaint, lista
-from sdu_ext.experiments.common import Budget, CLIError, PlateauSchedule, train_variant
+from sdu_ext.experiments.common import Budget, CLIError, train_variant
 from sdu_ext.train import PrimalDualTrainer
 
 pytestmark = pytest.mark.filterwarnings("ignore:data. dropped:UserWarning")
@@ -88,21 +88,6 @@ def test_inpaint_variants_start_from_the_same_weights(tmp_path):
         assert same(w, ref), v
 
 
-def test_plateau_schedule_actions():
-    cfg = presets.ScheduleConfig("plateau", factor=0.5, patience=2, threshold=0.1, reductions=1)
-    s = PlateauSchedule(cfg)
-    # 1.0 best; 0.95 is not 10 % better (stale 1); 0.95 again (stale 2: reduce); 0.5 better;
-    # then two stale epochs after the last reduction: converged
-    assert [s.update(v) for v in (1.0, 0.95, 0.95, 0.5, 0.5, 0.49)] == ["", "", "reduce", "", "", "converged"]
-    assert PlateauSchedule(presets.ScheduleConfig()).update(1.0) == ""  # kind None: never acts
-    _, actions = PlateauSchedule.replay(cfg, [{"val_loss": v} for v in (1.0, 0.95, 0.95)])
-    assert actions == ["", "", "reduce"]
-    with pytest.raises(ValueError, match="factor"):
-        presets.ScheduleConfig("plateau", factor=1.5)
-    with pytest.raises(ValueError, match="kind"):
-        presets.ScheduleConfig("cosine")
-
-
 def history_of(run_dir):
     import json
     with open(f"{run_dir}/history.json") as f:
@@ -111,11 +96,12 @@ def history_of(run_dir):
 
 def test_schedule_reduces_ends_and_resumes_exactly(data, tmp_path):
     """threshold 1: no epoch improves on the first by 100 %, so the lr is reduced after epochs
-    2 and 3 and the run converges at epoch 4. Cut after epoch 2 (whose callback reduced the lr
-    after its checkpoint was written) and resumed, and cut by a deadline after epoch 1 and
+    2 and 3 and the run converges at epoch 4. Cut after epoch 2 (whose plateau reduced the lr)
+    and resumed, and cut by a deadline after epoch 1 and
     resumed, it gives the history of an uninterrupted run."""
     preset = tiny(epochs=6)
-    preset.schedule = presets.ScheduleConfig("plateau", factor=0.5, patience=1, threshold=1.0, reductions=2)
+    preset.train = dataclasses.replace(preset.train, lr_schedule="plateau", lr_factor=0.5, lr_patience=1,
+                                       lr_threshold=1.0, lr_reductions=2)
     exp = lista.ListaExperiment(preset, data)
     _, summary, hist = train_variant(exp, "constrained", str(tmp_path / "full"), seed=0, progress=False)
     lr = preset.train.lr
@@ -167,5 +153,5 @@ def test_model_config_random_init():
     assert (paper.model.init, paper.method.eps, paper.train.lr, paper.train.lr_dual, paper.train.dual_every,
             paper.train.batch_size, paper.train.epochs) == ("paper", 0.05, 1e-5, 1e-3, "epoch", 512, 5000)
     quick = presets.get_preset("quick")
-    assert quick.seeds >= 3 and quick.model.init == "random" and quick.schedule.kind == "plateau"
+    assert quick.seeds >= 3 and quick.model.init == "random" and quick.train.lr_schedule == "plateau"
     assert set(quick.variants) == set(presets.VARIANTS)

@@ -37,9 +37,9 @@ from .train import TrainConfig
 from .train.config import check_eps
 from .train.constraints import RESIDUALS
 
-__all__ = ["VARIANTS", "LABELS", "NOISE_RULES", "SCHEDULES", "FIRST_RESIDUALS", "LOSSES", "SIGMAS", "SHIFTS", "PS",
+__all__ = ["VARIANTS", "LABELS", "NOISE_RULES", "FIRST_RESIDUALS", "LOSSES", "SIGMAS", "SHIFTS", "PS",
            "PresetBase",
-           "ScheduleConfig", "check_variants", "ModelConfig",
+           "check_variants", "ModelConfig",
            "MethodConfig", "EvalConfig", "Preset", "PRESETS", "get_preset", "ProxModelConfig", "PretrainConfig",
            "ProxMethodConfig", "ProxEvalConfig", "InpaintPreset", "INPAINT_PRESETS", "get_inpaint_preset"]
 
@@ -55,7 +55,6 @@ VARIANTS = {  # variant name -> (trainer mode, trains with noise)
 }
 LABELS = {"constrained": "constrained + noise", "constrained_nonoise": "constrained (no noise)",
           "standard": "standard", "noisy": "standard + noise", "untrained": "untrained (pretrained Glow)"}
-SCHEDULES = ("plateau",)
 FIRST_RESIDUALS = ("distance", "objective")  # the GLOW-Prox layer-1 group's residual
 LOSSES = ("sum", "mean")                     # the GLOW-Prox task loss per image
 # The levels of the robustness protocols (SPEC sections 5 and 6): LISTA's perturbation sweep
@@ -106,36 +105,6 @@ def check_variants(variants) -> tuple:
     if len(set(variants)) != len(variants):
         raise ValueError(f"variants: expected distinct names, got {tuple(variants)!r}")
     return tuple(variants)
-
-
-@dataclass
-class ScheduleConfig:
-    """The learning-rate schedule of every network of a reproduction, applied between epochs
-    by :mod:`sdu_ext.experiments.common` (the trainer has no schedule option).
-
-    kind: None (constant ``train.lr``) or ``"plateau"``: after each epoch, on the noise-free
-    validation loss (the value model selection uses), an epoch is stale when
-    ``val >= best * (1 - threshold)``; after ``patience`` consecutive stale epochs every
-    parameter group's lr is multiplied by ``factor`` and the count restarts; after
-    ``reductions`` reductions the next plateau ends training ("converged"). The state is
-    recomputed from the run's history on ``--resume``, so a resumed run continues it exactly.
-    """
-
-    kind: Optional[str] = None
-    factor: float = 0.3
-    patience: int = 3
-    threshold: float = 1e-3
-    reductions: int = 3
-
-    def __post_init__(self):
-        if self.kind is not None:
-            check_choice(self.kind, "kind", SCHEDULES)
-        check_real(self.factor, "factor", strict=True)
-        if not self.factor < 1:
-            raise ValueError(f"factor: expected a number in (0, 1), got {self.factor!r}")
-        check_int(self.patience, "patience")
-        check_real(self.threshold, "threshold")
-        check_int(self.reductions, "reductions", 0)
 
 
 @dataclass
@@ -216,7 +185,7 @@ class EvalConfig:
 class Preset(PresetBase):
     """A named, complete configuration of the reproduction: ``variants`` the networks it
     trains (names of :data:`VARIANTS`), each for ``seeds`` seeds (the run's seed and the
-    ones after it), with the learning-rate ``schedule``."""
+    ones after it); ``train`` holds the learning-rate schedule (``TrainConfig.lr_schedule``)."""
 
     name: str
     description: str
@@ -225,7 +194,6 @@ class Preset(PresetBase):
     method: MethodConfig
     train: TrainConfig
     evaluation: EvalConfig = field(default_factory=EvalConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     variants: tuple = ("constrained", "constrained_nonoise", "standard", "noisy")
     seeds: int = 1
 
@@ -244,9 +212,9 @@ def _tiny():
         data=DatasetConfig("synthetic", n=20, m=40, alpha=0.1, n_train=256, n_val=64, n_test=64),
         model=ModelConfig(num_layers=4, init="random"),
         method=MethodConfig(eps=0.15),
-        train=TrainConfig(epochs=3, batch_size=64, lr=1e-3, lr_dual=0.5),
-        evaluation=EvalConfig(batch_size=256),
-        schedule=ScheduleConfig("plateau", patience=1, reductions=1), seeds=2)
+        train=TrainConfig(epochs=3, batch_size=64, lr=1e-3, lr_dual=0.5, lr_schedule="plateau", lr_patience=1,
+                          lr_reductions=1),
+        evaluation=EvalConfig(batch_size=256), seeds=2)
 
 
 def _quick():
@@ -259,9 +227,9 @@ def _quick():
         # one lr for every network (3e-3 makes standard LISTA diverge; issue-11 probe notes); the
         # constrained networks need up to ~100 epochs at 1e-3; the plateau schedule ends each run
         # when its validation loss stops improving
-        train=TrainConfig(epochs=100, batch_size=128, lr=1e-3, lr_dual=0.5, patience=10),
-        evaluation=EvalConfig(),
-        schedule=ScheduleConfig("plateau", factor=0.3, patience=3, threshold=1e-3, reductions=3), seeds=3)
+        train=TrainConfig(epochs=100, batch_size=128, lr=1e-3, lr_dual=0.5, patience=10, lr_schedule="plateau",
+                          lr_factor=0.3, lr_patience=3, lr_threshold=1e-3, lr_reductions=3),
+        evaluation=EvalConfig(), seeds=3)
 
 
 def _synthetic():
@@ -406,7 +374,7 @@ class ProxEvalConfig:
 @dataclass
 class InpaintPreset(PresetBase):
     """A named, complete configuration of the inpainting reproduction (``variants``,
-    ``seeds`` and ``schedule`` as in :class:`Preset`)."""
+    ``seeds`` as in :class:`Preset`)."""
 
     name: str
     description: str
@@ -416,7 +384,6 @@ class InpaintPreset(PresetBase):
     method: ProxMethodConfig
     train: TrainConfig
     evaluation: ProxEvalConfig = field(default_factory=ProxEvalConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     variants: tuple = ("constrained", "standard", "noisy")
     seeds: int = 1
 

@@ -8,12 +8,9 @@ and what its training summary adds. :func:`train_variant` then trains any of the
 of :data:`sdu_ext.presets.VARIANTS` the same way for both, and :func:`train_variants` every
 variant of a preset for each of its seeds.
 
-The trainer has no learning-rate schedule, so :class:`PlateauSchedule` (a preset's
-``schedule``) acts between epochs through the trainer's public API: the ``fit`` callback
-scales the optimizer's learning rates and ends a converged run; on ``--resume`` its state is
-recomputed from the run's history and the one reduction the checkpoint may not hold yet (the
-checkpoint is written before the callback runs) is applied by an optimizer
-``load_state_dict`` post-hook. A time budget (:class:`Budget`) ends runs the same way.
+A preset's learning-rate schedule is the trainer's own (``TrainConfig.lr_schedule``: it is
+saved in every checkpoint, so ``--resume`` continues it exactly). A time budget
+(:class:`Budget`) ends a run through the ``fit`` callback.
 """
 import abc
 import dataclasses
@@ -24,13 +21,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..presets import VARIANTS, ScheduleConfig
+from ..presets import VARIANTS
 from ..train import PrimalDualTrainer, load_checkpoint
 from .report import copy_logs, start_report
 
 REPORT_FILES = ("config.json", "metrics.json", "report.md", "checkpoints")  # what a previous reproduction left
 
-__all__ = ["CLIError", "Interrupted", "RunOptions", "Experiment", "PlateauSchedule", "Budget", "train_variant",
+__all__ = ["CLIError", "Interrupted", "RunOptions", "Experiment", "Budget", "train_variant",
            "train_variants", "run_name", "seeds_of", "check_out",
            "start_reproduction", "check_data_cache",
            "check_device", "apply_epochs", "read_checkpoint", "load_weights"]
@@ -161,41 +158,6 @@ def _epoch_in_progress(last: str, epochs: int) -> int:
     return max(1, min(done + 1, epochs))
 
 
-class PlateauSchedule:
-    """The ``"plateau"`` learning-rate schedule of a :class:`~sdu_ext.presets.ScheduleConfig`
-    (see there), one validation loss per epoch: :meth:`update` returns ``"reduce"`` (scale
-    every lr by ``config.factor``), ``"converged"`` (end training) or ``""``."""
-
-    def __init__(self, config: ScheduleConfig):
-        self.config = config
-        self.best: Optional[float] = None
-        self.stale = 0
-        self.reductions = 0
-
-    def update(self, val_loss: Optional[float]) -> str:
-        """The action after an epoch whose noise-free validation loss is ``val_loss``."""
-        c = self.config
-        if c.kind is None or val_loss is None:
-            return ""
-        if self.best is None or val_loss < self.best * (1 - c.threshold):
-            self.best, self.stale = val_loss, 0
-            return ""
-        self.stale += 1
-        if self.stale < c.patience:
-            return ""
-        self.stale = 0
-        if self.reductions >= c.reductions:
-            return "converged"
-        self.reductions += 1
-        return "reduce"
-
-    @classmethod
-    def replay(cls, config: ScheduleConfig, history: List[dict]) -> Tuple["PlateauSchedule", List[str]]:
-        """The schedule after the epochs of ``history`` (trainer rows), and its action after each."""
-        sched = cls(config)
-        return sched, [sched.update(r.get("val_loss")) for r in history]
-
-
 class Budget:
     """The time budget of a command: ``seconds`` from now for ``runs`` training runs and the
     evaluation after them, which keeps ``reserve`` of the budget (None: no limit).
@@ -217,18 +179,6 @@ class Budget:
         return time.perf_counter() + share
 
 
-def _resume_state(last: str, schedule: ScheduleConfig) -> Tuple[Optional[List[dict]], float]:
-    """``(history, pending)`` of the run in ``last``: its history (None when there is no
-    checkpoint), and the lr factor its checkpoint does not hold yet (the reduction of its
-    last epoch's callback, which runs after the checkpoint is written)."""
-    if not os.path.isfile(last):
-        return None, 1.0
-    history = list(load_checkpoint(last).get("history") or [])
-    _, actions = PlateauSchedule.replay(schedule, history)
-    pending = schedule.factor if actions and actions[-1] == "reduce" else 1.0
-    return history, pending
-
-
 def train_variant(experiment: Experiment, variant: str, run_dir: str, *, seed: int = 0, device: str = "cpu",
                   resume: bool = False, progress: bool = True, deadline: Optional[float] = None
                   ) -> Tuple[nn.Module, Dict[str, Any], List[dict]]:
@@ -236,7 +186,7 @@ def train_variant(experiment: Experiment, variant: str, run_dir: str, *, seed: i
 
     ``variant``: a key of :data:`sdu_ext.presets.VARIANTS`. Every variant starts from the
     weights ``experiment.build_model(seed)`` and sees the same batches. The preset's
-    ``schedule`` scales the learning rate between epochs and may end a converged run;
+    learning-rate schedule (``train.lr_schedule``) may end a converged run;
     ``deadline`` (a ``time.perf_counter`` time, None: none) ends the run after the epoch
     that would otherwise run past it. Returns ``(model, summary, history)`` with the best
     weights loaded, in eval mode; ``summary`` holds the epochs, the best epoch, the best
@@ -251,55 +201,26 @@ def train_variant(experiment: Experiment, variant: str, run_dir: str, *, seed: i
         raise ValueError(f"variant: expected one of {', '.join(map(repr, VARIANTS))}, got {variant!r}")
     mode, noisy = VARIANTS[variant]
     last = os.path.join(run_dir, "last.pt")
-    schedule = getattr(experiment.preset, "schedule", None) or ScheduleConfig()
-    past, pending = None, 1.0
     if resume and os.path.isfile(last):
         _check_resumable(last, experiment, variant, run_dir)
-        try:
-            past, pending = _resume_state(last, schedule)
-        except ValueError as e:
-            raise CLIError(f"resume: {e}; pass --overwrite instead of --resume to start {run_dir!r} afresh") from e
-    sched, actions = PlateauSchedule.replay(schedule, past or [])
     torch.manual_seed(seed)
     model = experiment.build_model(seed)
     noise = experiment.build_noise(model, seed) if noisy else None
     cfg = dataclasses.replace(experiment.preset.train, mode=mode, seed=seed, device=device, checkpoint_dir=run_dir,
                               log_dir=run_dir, progress=progress, tensorboard=False)
-    converged = "converged" in actions
-    if converged:  # a converged run is finished: resuming it trains no further epoch
-        cfg = dataclasses.replace(cfg, epochs=len(past))
-    make = experiment.optimizer_factory(model, cfg)
-
-    def optimizer(params):
-        opt = make(params)
-
-        def apply_pending(o):  # the reduction after the checkpoint's epoch, once
-            nonlocal pending
-            for g in o.param_groups:
-                g["lr"] *= pending
-            pending = 1.0
-        opt.register_load_state_dict_post_hook(apply_pending)
-        return opt
-
-    stop = {"why": "converged" if converged else None}
+    budget_stop = []
 
     def callback(tr, row):
-        action = sched.update(row.get("val_loss"))
-        if action == "reduce":
-            for g in tr.optimizer.param_groups:
-                g["lr"] *= schedule.factor
-        elif action == "converged":
-            stop["why"] = "converged"
-            return True
         if deadline is not None and row["epoch"] < cfg.epochs \
                 and time.perf_counter() + float(row.get("time_s") or 0.0) > deadline:
-            stop["why"] = "time budget"
+            budget_stop.append(row["epoch"])
             return True
         return False
 
     train, val = experiment.splits()
     trainer = PrimalDualTrainer(model, train, val, cfg, experiment.constraints(model), noise=noise,
-                                metadata=experiment.metadata(variant), optimizer=optimizer,
+                                metadata=experiment.metadata(variant),
+                                optimizer=experiment.optimizer_factory(model, cfg),
                                 **experiment.trainer_options(model, cfg))
     t0 = time.perf_counter()
     try:
@@ -310,7 +231,8 @@ def train_variant(experiment: Experiment, variant: str, run_dir: str, *, seed: i
         if str(e).startswith("resume:"):
             raise CLIError(f"{e}; pass --overwrite instead of --resume to start {run_dir!r} afresh") from e
         raise
-    why = stop["why"] or ("epochs" if len(history) >= cfg.epochs else "patience")
+    why = ("time budget" if budget_stop else {"plateau": "converged", "patience": "patience"}.get(
+        trainer.stop_reason or "", "epochs" if len(history) >= cfg.epochs else "patience"))
     summary = {"epochs": len(history), "max_epochs": experiment.preset.train.epochs, "stop": why,
                "best_epoch": trainer.best_epoch, "best_val_loss": trainer.best_loss,
                "final_lr": float(trainer.optimizer.param_groups[0]["lr"]) if trainer.optimizer is not None else None,

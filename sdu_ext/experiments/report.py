@@ -234,12 +234,12 @@ def finish_report(out: str, results: Dict[str, Any]) -> int:
 
 def _setup_runs(preset, results) -> List[str]:
     """The setup lines every report shares: networks, seeds, schedule."""
-    sc, tc = preset.schedule, preset.train
+    tc = preset.train
     seeds = results["seeds"]
-    sched = ("constant learning rate" if sc.kind is None else
-             f"plateau schedule: the lr is multiplied by {sc.factor:g} after {sc.patience} epochs without a "
-             f"relative improvement of {sc.threshold:g} of the noise-free validation loss, and training ends at "
-             f"the plateau after {sc.reductions} reductions (\"converged\")")
+    sched = ("constant learning rate" if tc.lr_schedule is None else
+             f"plateau schedule: the lr is multiplied by {tc.lr_factor:g} after {tc.lr_patience} epochs without a "
+             f"relative improvement of {tc.lr_threshold:g} of the noise-free validation loss, and training ends at "
+             f"the plateau after {tc.lr_reductions} reductions (\"converged\")")
     return [f"- Networks: {', '.join(label(v) for v in preset.variants)}; each trained for {len(seeds)} seed"
             f"{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))}). Within a seed every network starts "
             "from the same weights and sees the same batches; the seed also sets every evaluation draw.",

@@ -167,6 +167,7 @@ class PrimalDualTrainer:
         self._stale = 0
         self._schedule = make_schedule(cfg)
         self._stopped = False
+        self.stop_reason: Optional[str] = None  # "plateau" (lr schedule) or "patience" once stopped early
         self.finished = False
         self._shuffle_seed = cfg.seed
         self._wrapped = self.model
@@ -405,7 +406,7 @@ class PrimalDualTrainer:
 
     def _fresh_start(self):
         cfg = self.config
-        self.epoch, self.history, self.finished, self._stopped = 0, [], False, False
+        self.epoch, self.history, self.finished, self._stopped, self.stop_reason = 0, [], False, False, None
         self.best_loss = self.best_epoch = self._best_state = None
         self._stale, self._schedule = 0, make_schedule(cfg)
         seed = cfg.seed
@@ -507,6 +508,7 @@ class PrimalDualTrainer:
         stop = ((plateau or cfg.patience is not None and self._stale >= cfg.patience)
                 and (stage is None or stage == self.num_layers))
         self._stopped = stop
+        self.stop_reason = ("plateau" if plateau else "patience") if stop else None
         self.finished = stop or self.epoch >= cfg.epochs
 
         row = epoch_row(epoch, stage, lr, cfg.mode, self.groups, self.duals, eps, train_stats, val_stats,
@@ -535,6 +537,7 @@ class PrimalDualTrainer:
             "stage": self.stage,
             "finished": self.finished,
             "stopped_early": self._stopped,
+            "stop_reason": self.stop_reason,
             "model": self._module().state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "dual": {"groups": [g.name for g in self.groups],
@@ -589,6 +592,7 @@ class PrimalDualTrainer:
             self._schedule.load_state_dict(state["lr_schedule"])
         self.history = list(state["history"])
         self._stopped = bool(state["stopped_early"])
+        self.stop_reason = state.get("stop_reason", "patience" if self._stopped else None)
         self.finished = self._stopped or self.epoch >= cfg.epochs
         set_rng_state(state["rng"], self.device, self.noise, self.world, self.rank,
                       (self._shuffle_seed, 10_000 + self.epoch))
