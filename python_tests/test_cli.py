@@ -249,6 +249,31 @@ def test_bad_device_threads_and_missing_command(tmp_path, capsys):
     assert "choose a command" in capsys.readouterr().err
 
 
+def test_default_threads_follow_the_idle_cores(tmp_path, capsys, monkeypatch):
+    """Without --threads the CLI sets torch's threads to the idle cores and says so; --threads wins."""
+    import os
+
+    import torch
+    from sdu_ext.train import threads as threads_module
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads_module, "available_cores", lambda: 4)
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.6, 0.0, 0.0))
+    missing = str(tmp_path / "missing")
+    try:
+        assert cli.main(["lista", "eval", "--checkpoint", missing]) == 2
+        err = capsys.readouterr().err
+        assert torch.get_num_threads() == 1  # 4 cores less a load of 2.6 (3 busy)
+        assert "using 1 torch thread: 1 of 4 available cores (1-minute load 2.6); --threads N overrides" in err
+        monkeypatch.setattr(os, "getloadavg", lambda: (0.4, 0.0, 0.0))
+        assert cli.main(["lista", "eval", "--checkpoint", missing]) == 2
+        assert torch.get_num_threads() == 4 and "using 4 torch threads" in capsys.readouterr().err
+        assert cli.main(["lista", "eval", "--checkpoint", missing, "--threads", "3"]) == 2
+        assert torch.get_num_threads() == 3 and "torch thread" not in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_presets_round_trip():
     for name in presets.PRESETS:
         p = presets.get_preset(name)

@@ -96,7 +96,8 @@ def _common(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help=f"seeds {SEEDS[kind]} (default: 0); the data set is fixed by the preset")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice; 1 avoids slowdowns on a busy machine)")
+                   help="torch CPU threads (default: the available cores less the 1-minute load average, "
+                        "at least 1; printed at the start)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--data-cache", default=None, metavar="DIR",
                    help="data set cache directory (default: $SDU_EXT_CACHE or ~/.cache/sdu_ext)")
@@ -218,6 +219,25 @@ def _interrupted(error: KeyboardInterrupt, argv: Sequence[str], args: argparse.N
     return f"sdu-ext: interrupted{where}; `{shlex.join(['sdu-ext', *again])}` continues"
 
 
+def _set_threads(threads: Optional[int]) -> bool:
+    """Set torch's CPU threads: ``threads`` (``--threads``), else the cores other processes leave
+    idle (:func:`sdu_ext.train.threads.thread_choice`: a pool wider than the idle cores stalls at
+    every barrier on a busy machine), and say which. True after a usage error (printed)."""
+    if threads is not None and threads < 1:
+        print(f"sdu-ext: error: --threads: expected an integer >= 1, got {threads}", file=sys.stderr)
+        return True
+    import torch
+
+    if threads is None:
+        from .train.threads import thread_choice
+
+        threads, why = thread_choice()
+        print(f"sdu-ext: using {threads} torch thread{'s' if threads != 1 else ''}: {why}; --threads N overrides",
+              file=sys.stderr)
+    torch.set_num_threads(threads)
+    return False
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run ``sdu-ext`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -225,13 +245,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
-            if getattr(args, "threads", None) is not None:
-                if args.threads < 1:
-                    print(f"sdu-ext: error: --threads: expected an integer >= 1, got {args.threads}", file=sys.stderr)
-                    return 2
-                import torch
-
-                torch.set_num_threads(args.threads)
+            if hasattr(args, "threads") and _set_threads(args.threads):
+                return 2
             return args.run(args)
         except KeyboardInterrupt as e:
             # drop the frames of the interrupted run first: their progress bars close (and clear
