@@ -24,7 +24,7 @@ AUTOCAST = (None, "bfloat16", "float16")
 # layer-wise run must keep it).
 # ``lr_reductions`` likewise only moves the end of a run that has not stopped yet.
 RESUMABLE = ("epochs", "patience", "restore_best", "device", "checkpoint_dir", "log_dir",
-             "progress", "tensorboard", "lr_reductions")
+             "progress", "tensorboard", "lr_reductions", "check_every")
 
 
 @dataclass
@@ -97,7 +97,17 @@ class TrainConfig:
             (best weights) are written; None writes nothing (and cannot resume).
         log_dir: where ``history.csv`` / ``history.json`` (and TensorBoard events when
             ``tensorboard`` and the package is installed) are written; None: no files.
-        progress: show tqdm progress bars (rank 0 only).
+        progress: show tqdm progress bars (rank 0 only); the batch bar shows the loss of the
+            last step at each finiteness read (every ``check_every`` batches).
+        check_every: read the finiteness checks on the host every this many steps (>= 1,
+            default 1). Each step keeps on the device a flag that its task loss, the constraint
+            values that enter the Lagrangian and (after a dual step) the multipliers are finite,
+            and what names a failure; the flags are read every ``check_every`` steps and at the
+            end of every epoch, before anything is logged or checkpointed. With 1 a step stops
+            at once (before its weight update); with k > 1 the error comes up to k - 1 steps
+            later, naming the same first bad epoch, batch, layer and group, and no step reads
+            the host in between (no synchronisation with an accelerator). Training itself
+            (weights, multipliers) does not depend on it.
     """
 
     epochs: int = 100
@@ -129,6 +139,7 @@ class TrainConfig:
     lr_patience: int = 3
     lr_threshold: float = 1e-3
     lr_reductions: int = 3
+    check_every: int = 1
 
     def __post_init__(self):
         if not is_int(self.epochs) or self.epochs < 0:
@@ -169,6 +180,8 @@ class TrainConfig:
             raise ValueError(f"resilient_cost: expected a positive finite number, got {self.resilient_cost!r}")
         if self.seed is not None and not is_int(self.seed):
             raise ValueError(f"seed: expected an integer or None, got {self.seed!r}")
+        if not is_int(self.check_every) or self.check_every < 1:
+            raise ValueError(f"check_every: expected an integer >= 1, got {self.check_every!r}")
         if self.patience is not None and (not is_int(self.patience) or self.patience < 1):
             raise ValueError(f"patience: expected an integer >= 1 or None, got {self.patience!r}")
         try:

@@ -142,6 +142,8 @@ class Stats:
 
     Layout of the float64 vector ``sums``: [count, loss_sum] then for each group
     [per-sample sum (L), residual sum (L+1), descending count (L)].
+    The sums and every tensor derived from them stay on their device (no host read); only
+    :attr:`count` and :meth:`loss` return Python floats.
     """
 
     def __init__(self, num_layers, groups, device="cpu"):
@@ -177,22 +179,26 @@ class Stats:
     def count(self):
         return float(self.sums[0])
 
+    def mean_loss(self) -> torch.Tensor:
+        """The mean task loss, a 0-d float64 tensor on the device of the sums."""
+        return self.sums[1] / self.sums[0]
+
     def loss(self):
-        return float(self.sums[1] / self.sums[0])
+        return float(self.mean_loss())
 
     def _group(self, i):
         L = self.L
         o = 2 + i * (3 * L + 1)
-        s = self.sums.cpu()
+        s = self.sums
         return s[o:o + L], s[o + L:o + 2 * L + 1], s[o + 2 * L + 1:o + 3 * L + 1]
 
     def values(self, i, eps):
         """Constraint values (L,) float64 of group i at ``eps``."""
         sample_sum, norm_sum, _ = self._group(i)
-        return constraint_values(self.groups[i].form, eps, self.sums[0].cpu(), sample_sum, norm_sum)
+        return constraint_values(self.groups[i].form, eps, self.sums[0], sample_sum, norm_sum)
 
     def descending(self, i):
-        return self._group(i)[2] / self.sums[0].cpu()
+        return self._group(i)[2] / self.sums[0]
 
     def norm_sums(self, i):
         return self._group(i)[1]
@@ -209,7 +215,7 @@ class BatchValues(NamedTuple):
         is the gradient of the global mean task loss (alone: the batch mean).
     terms: per group, differentiable (L,) whose rank-averaged gradient is that of the
         global constraint values (alone: the op's values).
-    values: per group, the global constraint values (L,) float64 on the CPU (not differentiable).
+    values: per group, the global constraint values (L,) float64 on the device (not differentiable).
     """
 
     stats: "Stats"
@@ -245,5 +251,6 @@ def reduce_batch(per_loss, evals, groups, eps, num_layers=None) -> BatchValues:
     for i, (g, ev, e) in enumerate(zip(groups, evals, eps)):
         samples = tie(stats.sample_sums(i), ev.values * ev.norms.shape[1])
         norms = tie(stats.norm_sums(i), ev.norms.sum(dim=1))
-        terms.append(W * constraint_values(g.form, e, stats.count, samples, norms))
-    return BatchValues(stats, per_loss.sum() * (W / stats.count), terms, values)
+        terms.append(W * constraint_values(g.form, e, stats.sums[0], samples, norms))
+    scale = (W / stats.sums[0]).to(per_loss.dtype)  # a tensor: no host read of the count
+    return BatchValues(stats, per_loss.sum() * scale, terms, values)

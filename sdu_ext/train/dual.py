@@ -5,7 +5,7 @@
 - :func:`all_reduce_sum`: sums a tensor over the ranks of a DDP job (no-op alone).
 - :class:`Multiplier`: the non-negative multipliers of one constraint group, with their
   projected dual-ascent step, the optional resilient slack, checkpoint state, a finiteness
-  check and log columns.
+  check and log columns; it lives on one device (the CPU unless moved with ``to``).
 """
 import copy
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
@@ -115,9 +115,20 @@ class Multiplier:
     def __repr__(self):
         return f"Multiplier(size={self.size}, values={self._value.tolist()}, resilient={self.resilient})"
 
+    def to(self, device) -> "Multiplier":
+        """Move the multipliers and slacks (and the dual optimizer's state) to ``device``, in
+        place: the steps then run there, without host reads. Returns self."""
+        device = torch.device(device)
+        if self._value.device != device:
+            self._value.data = self._value.data.to(device)  # the optimizer keeps this tensor
+            self._slack = self._slack.to(device)
+            if self.optimizer is not None:  # its load_state_dict moves the state to the parameter
+                self.optimizer.load_state_dict(copy.deepcopy(self.optimizer.state_dict()))
+        return self
+
     @property
     def value(self) -> torch.Tensor:
-        """The multipliers (K,) float64 on the CPU (do not modify in place)."""
+        """The multipliers (K,) float64, on the CPU unless moved by :meth:`to` (do not modify in place)."""
         return self._value
 
     @property
@@ -127,8 +138,8 @@ class Multiplier:
 
     def step(self, c: torch.Tensor) -> None:
         """One projected ascent step on the constraint values ``c`` (K,) (any float dtype
-        and device; the global values, identical on every rank)."""
-        c = c.detach().to("cpu", torch.float64)
+        and device; the global values, identical on every rank); no host read."""
+        c = c.detach().to(self._value.device, torch.float64)
         if tuple(c.shape) != (self.size,):
             raise ValueError(f"c: expected constraint values of shape ({self.size},), got {tuple(c.shape)}")
         nu, u = self._value, self._slack
@@ -146,10 +157,20 @@ class Multiplier:
         if self.resilient:
             self._slack = (u - self.lr * (self.resilient_cost * u - nu)).clamp_min(0.0)
 
-    def nonfinite(self) -> Optional[Tuple[str, int, float]]:
-        """None when every multiplier and slack is finite, else ``(what, layer, value)`` of the
-        first bad one (``what``: ``"multiplier nu"`` or ``"resilient slack u"``, 1-based layer)."""
-        for what, t in (("multiplier nu", self._value), ("resilient slack u", self._slack)):
+    def snapshot(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(value, slack)`` as they are now, unchanged by later steps (a copy only where a
+        dual optimizer steps in place); no host read."""
+        value = self._value if self.optimizer is None else self._value.detach().clone()
+        return value, self._slack
+
+    def nonfinite(self, value: Optional[torch.Tensor] = None,
+                  slack: Optional[torch.Tensor] = None) -> Optional[Tuple[str, int, float]]:
+        """None when every multiplier and slack (the current ones, or a :meth:`snapshot`'s
+        ``value``, ``slack``) is finite, else ``(what, layer, value)`` of the first bad one
+        (``what``: ``"multiplier nu"`` or ``"resilient slack u"``, 1-based layer)."""
+        value = self._value if value is None else value
+        slack = self._slack if slack is None else slack
+        for what, t in (("multiplier nu", value), ("resilient slack u", slack)):
             bad = torch.nonzero(~torch.isfinite(t)).flatten().tolist()
             if bad:
                 return what, self.layers[bad[0]], float(t[bad[0]])
@@ -157,9 +178,9 @@ class Multiplier:
 
     def log_columns(self, prefix: str = "") -> Dict[str, float]:
         """``{prefix}nu_<layer>`` (and ``{prefix}u_<layer>`` when resilient) -> value."""
-        row = {f"{prefix}nu_{l}": float(v) for l, v in zip(self.layers, self._value)}
+        row = {f"{prefix}nu_{l}": v for l, v in zip(self.layers, self._value.tolist())}
         if self.resilient:
-            row.update({f"{prefix}u_{l}": float(v) for l, v in zip(self.layers, self._slack)})
+            row.update({f"{prefix}u_{l}": v for l, v in zip(self.layers, self._slack.tolist())})
         return row
 
     def all_reduce(self) -> "Multiplier":

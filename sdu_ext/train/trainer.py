@@ -19,7 +19,7 @@ from .config import TrainConfig
 from .constraints import DescentConstraints, Stats, reduce_batch
 from .data import TrainingData, check_targets, eval_batches, seed_for, to_device, train_batches, world_and_rank
 from .dual import Multiplier, group_multipliers
-from .finite import NonFiniteError, check_loss, check_multipliers, check_state, check_values
+from .finite import FiniteChecks, NonFiniteError, check_loss, check_multipliers, check_state, check_values
 from .layerwise import check_plan, layer_parameter_sets, stage_of
 from .logs import HistoryLog, epoch_row
 from .optim import build_optimizer
@@ -155,8 +155,11 @@ class PrimalDualTrainer:
         if cfg.mode == "layerwise":
             check_plan(self.model, L, cfg.epochs, cfg.layerwise_finetune or layer_parameters is not None)
 
-        self.duals = group_multipliers([g.name for g in self.groups], [[i + 1 for i in a] for a in self._active],
-                                       multipliers, cfg.lr_dual, cfg.resilient, cfg.resilient_cost)
+        self.duals = [d.to(device) for d in group_multipliers(
+            [g.name for g in self.groups], [[i + 1 for i in a] for a in self._active], multipliers, cfg.lr_dual,
+            cfg.resilient, cfg.resilient_cost)]
+        self._index = [torch.tensor(a, dtype=torch.long, device=device) for a in self._active]
+        self._finite = FiniteChecks(cfg.check_every, self.groups, self.duals, self._active, self._index)
         self.epoch = 0          # completed epochs
         self.stage = None
         self.optimizer = None
@@ -177,13 +180,13 @@ class PrimalDualTrainer:
 
     @property
     def multipliers(self) -> Dict[str, torch.Tensor]:
-        """Dict group name -> (K,) float64 multipliers of the constrained layers."""
-        return {g.name: d.value.clone() for g, d in zip(self.groups, self.duals)}
+        """Dict group name -> (K,) float64 multipliers of the constrained layers (on the CPU)."""
+        return {g.name: d.value.to("cpu", copy=True) for g, d in zip(self.groups, self.duals)}
 
     @property
     def slacks(self) -> Dict[str, torch.Tensor]:
         """Dict group name -> (K,) float64 resilient relaxations (zeros unless resilient)."""
-        return {g.name: d.slack.clone() for g, d in zip(self.groups, self.duals)}
+        return {g.name: d.slack.to("cpu", copy=True) for g, d in zip(self.groups, self.duals)}
 
     def constrained_layers(self) -> Dict[str, List[int]]:
         """Dict group name -> 1-based indices of the layers with a multiplier."""
@@ -287,36 +290,26 @@ class PrimalDualTrainer:
         per_loss = self._per_sample_loss(out, batch)
         evals = self._evaluate_groups(iterates, batch, eps, grad=constrained)
         stats, lagrangian, terms, c_all = reduce_batch(per_loss, evals, self.groups, eps, self.num_layers)
+        # No host read here: the checks are read every check_every steps (at once when 1).
+        loss = stats.mean_loss()
+        self._finite.values(epoch, batch_index, loss, iterates, c_all if constrained else None)
 
-        loss_value = stats.loss()
-        check_loss(loss_value, iterates, epoch, batch_index)
-        self._check_values(c_all, epoch, batch_index)
-
-        lag_value = loss_value
+        lag = loss  # the Lagrangian's value, a 0-d float64 tensor
         if constrained:
-            for c, c_value, act, dual in zip(terms, c_all, self._active, self.duals):
+            for c, c_value, idx, dual in zip(terms, c_all, self._index, self.duals):
                 nu, u = dual.value, dual.slack
-                lagrangian = lagrangian + (nu.to(c.device, c.dtype) * c[act]).sum()
-                lag_value += float((nu * (c_value[act] - u)).sum())
+                lagrangian = lagrangian + (nu.to(c.device, c.dtype) * c[idx]).sum()
+                lag = lag + (nu * (c_value[idx] - u)).sum()
                 if dual.resilient:
-                    lag_value += 0.5 * dual.resilient_cost * float(u.pow(2).sum())
+                    lag = lag + 0.5 * dual.resilient_cost * u.pow(2).sum()
         self.model.zero_grad(set_to_none=True)
         lagrangian.backward()
         self.optimizer.step()
         if constrained and cfg.dual_every == "batch":
-            self._dual_step(c_all, epoch)
-        return stats, c_all, lag_value
-
-    def _check_values(self, c_all, epoch, batch_index, what="constraint value"):
-        # Only the values that enter the Lagrangian and the dual step; elsewhere they are
-        # diagnostics (and a non-finite iterate already shows in the loss).
-        if self.config.mode == "constrained":
-            check_values(self.groups, self._active, c_all, epoch, batch_index, what)
-
-    def _dual_step(self, c_all, epoch):
-        for c, act, dual in zip(c_all, self._active, self.duals):
-            dual.step(c[act])
-        check_multipliers(self.groups, self.duals, epoch, "after the dual step")
+            for c, idx, dual in zip(c_all, self._index, self.duals):
+                dual.step(c[idx])
+            self._finite.multipliers(epoch, batch_index)
+        return stats, c_all, lag
 
     def step(self, batch) -> Dict[str, Any]:
         """One training step on ``batch`` (this rank's part of a global batch, as the items of
@@ -334,8 +327,9 @@ class PrimalDualTrainer:
             self._wrap()
         self.model.train()
         stats, c_all, lag = self._step(to_device(batch, self.device), epoch, None, self._eps(epoch))
-        return {"loss": stats.loss(), "lagrangian": lag,
-                "constraints": {g.name: c for g, c in zip(self.groups, c_all)}}
+        self._finite.read()
+        return {"loss": stats.loss(), "lagrangian": float(lag),
+                "constraints": {g.name: c.cpu() for g, c in zip(self.groups, c_all)}}
 
     # -------------------------------------------------------------- estimates
 
@@ -393,6 +387,7 @@ class PrimalDualTrainer:
         else:
             self._fresh_start()
         self._wrap()
+        self._finite.clear()
         try:
             self._run(callback)
         finally:
@@ -462,7 +457,7 @@ class PrimalDualTrainer:
 
         self.model.train()
         totals = Stats(self.num_layers, self.groups, self.device)
-        lag_sum, steps = 0.0, 0
+        lag_sum, steps = torch.zeros((), dtype=torch.float64, device=self.device), 0
         batches = train_batches(len(self.train_data), cfg.batch_size, self._shuffle_seed, epoch, self.world,
                                 self.rank, cfg.drop_last, cfg.shuffle)
         bar = self._progress(total=len(batches), desc=f"epoch {epoch + 1}", unit="batch", leave=False)
@@ -470,10 +465,13 @@ class PrimalDualTrainer:
             batch = self.train_data.get(idx, self.device)
             stats, _, lag = self._step(batch, epoch, b, eps)
             totals.merge(stats)
-            lag_sum, steps = lag_sum + lag, steps + 1
+            lag_sum, steps = lag_sum.add_(lag), steps + 1
+            read = self._finite.end_step()
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{stats.loss():.4g}")
+                if read:  # the loss shown is the last read one: the bar adds no host read of its own
+                    bar.set_postfix(loss=f"{stats.loss():.4g}")
+        self._finite.read()
         if bar is not None:
             bar.close()
         if steps == 0:
@@ -484,8 +482,10 @@ class PrimalDualTrainer:
             train_stats = self._estimate(self.train_data, train_noise, eps, train_mode=True)
             check_loss(train_stats.loss(), None, epoch, None, "task loss (training-set estimate)")
             c_all = [train_stats.values(i, e) for i, e in enumerate(eps)]
-            self._check_values(c_all, epoch, None, "constraint value (training-set estimate)")
-            self._dual_step(c_all, epoch)
+            check_values(self.groups, self._active, c_all, epoch, None, "constraint value (training-set estimate)")
+            for c, idx, dual in zip(c_all, self._index, self.duals):
+                dual.step(c[idx])
+            check_multipliers(self.groups, self.duals, epoch, "after the dual step")
 
         check_state(self._module(), self.optimizer, epoch)
         val_stats = None
@@ -512,7 +512,7 @@ class PrimalDualTrainer:
         self.finished = stop or self.epoch >= cfg.epochs
 
         row = epoch_row(epoch, stage, lr, cfg.mode, self.groups, self.duals, eps, train_stats, val_stats,
-                        totals.loss(), lag_sum / steps, improved, time.perf_counter() - t0)
+                        totals.loss(), float(lag_sum / steps), improved, time.perf_counter() - t0)
         self.history.append(row)
         self._save(improved)
         return row, stop
@@ -542,8 +542,8 @@ class PrimalDualTrainer:
             "optimizer": self.optimizer.state_dict(),
             "dual": {"groups": [g.name for g in self.groups],
                      "layers": [[i + 1 for i in a] for a in self._active],
-                     "multipliers": [d.value.clone() for d in self.duals],
-                     "slacks": [d.slack.clone() for d in self.duals],
+                     "multipliers": [d.value.to("cpu", copy=True) for d in self.duals],
+                     "slacks": [d.slack.to("cpu", copy=True) for d in self.duals],
                      "optimizers": [d.optimizer.state_dict() if d.optimizer is not None else None
                                     for d in self.duals]},
             "rng": rng_state(self.device, self.noise, self.world),
