@@ -610,8 +610,6 @@ def test_the_bad_input_tables_cover_at_least_40_cases():
     assert len(MISUSES) + len(CLI_MISUSES) >= 40
 
 
-@pytest.mark.xfail(strict=True, reason="sdu_ext/experiments (not this file's owner): `lista train --resume` "
-                   "prepares the data set before it reads last.pt")
 def test_cli_resume_of_a_damaged_run_fails_before_the_data_is_prepared(tmp_path, monkeypatch, capsys):
     from sdu_ext.experiments import lista
 

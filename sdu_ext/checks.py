@@ -10,9 +10,9 @@ import os
 
 import torch
 
-__all__ = ["check_int", "check_real", "check_choice", "check_eps", "check_layers", "check_positive",
-           "check_instance", "check_callable", "check_directory", "check_number", "check_finite_tensor", "choices",
-           "describe", "is_int", "is_real", "is_plain_real"]
+__all__ = ["check_int", "check_real", "check_choice", "check_eps", "check_layers", "check_count", "check_positive",
+           "check_instance", "check_callable", "check_directory", "check_number", "check_finite_tensor",
+           "check_tensor", "check_training_data", "check_generator", "choices", "describe", "is_int", "is_real", "is_plain_real"]
 
 
 def choices(values):
@@ -67,11 +67,17 @@ def check_eps(eps, name="eps"):
     return float(eps)
 
 
+def check_count(value, name, low=1):
+    """Return ``int(value)`` if it is an integer (a Python or numpy integer, not bool) >= ``low``,
+    else raise ValueError naming ``name`` (e.g. a ``batch_size`` of 0, -1 or 1.5)."""
+    if not is_int(value) or value < low:
+        raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+    return int(value)
+
+
 def check_layers(num_layers, name="num_layers"):
     """Return ``int(num_layers)`` if it is an integer >= 1, else raise ValueError."""
-    if not is_int(num_layers) or num_layers < 1:
-        raise ValueError(f"{name}: expected an integer >= 1, got {num_layers!r}")
-    return int(num_layers)
+    return check_count(num_layers, name)
 
 
 def check_positive(value, name):
@@ -127,6 +133,62 @@ def check_instance(value, name, cls, what):
     if not isinstance(value, cls):
         raise ValueError(f"{name}: expected {what}, got {type(value).__name__}")
     return value
+
+
+def check_tensor(value, name, what="a tensor", dims=None):
+    """Return ``value`` if it is a ``torch.Tensor`` (with ``dims`` dimensions, an int or a tuple
+    of them, when given), else raise ValueError ``"{name}: expected {what}, got <received>"``
+    (the type's name, e.g. ``list``, or the tensor's shape, dtype and device)."""
+    ok = isinstance(value, torch.Tensor)
+    if ok and dims is not None:
+        ok = value.dim() in ((dims,) if isinstance(dims, int) else tuple(dims))
+    if not ok:
+        raise ValueError(f"{name}: expected {what}, got {describe(value)}")
+    return value
+
+
+def _rows_of_numbers(value):
+    """True for a numpy array or a list/tuple of lists/tuples (rows) of Python numbers: data
+    given where a tensor is due (a sample of plain numbers, one level deep, is not)."""
+    if type(value).__module__ == "numpy" and hasattr(value, "shape"):
+        return True
+    depth = 0
+    while isinstance(value, (list, tuple)) and value:
+        value, depth = value[0], depth + 1
+    return depth >= 2 and is_real(value)
+
+
+def check_training_data(data, name):
+    """Return ``data`` unless it is one of the mistakes that a trainer would otherwise meet
+    only at its first batch, then raise ValueError naming ``name``:
+
+    - a single tensor (a tuple such as ``(x, y_star)`` is due; ``(x,)`` for a loss that
+      needs no targets);
+    - a tuple or list holding rows of Python numbers or numpy arrays in place of tensors,
+      e.g. ``(x.tolist(), y.tolist())`` (else read as a data set of two samples), or a mix of
+      tensors and other values such as ``(x, y.tolist())``.
+
+    Everything else is left to the trainer's own checks: tuples of tensors (with one first
+    dimension), ``TensorDataset`` and map-style datasets, e.g. a list of ``(x_b, y_b)``
+    samples whose first entries are tensors."""
+    expected = "a tuple of tensors with one first dimension such as (x (N, n), y_star (N, m)), or a Dataset"
+    if isinstance(data, torch.Tensor):
+        raise ValueError(f"{name}: expected {expected}, got a single tensor of shape {tuple(data.shape)}; pass (x, y_star), "
+                         "or (x,) for a loss that needs no targets")
+    if isinstance(data, (tuple, list)) and not all(isinstance(t, torch.Tensor) for t in data):
+        tensors = any(isinstance(t, torch.Tensor) for t in data)
+        bad = [i for i, t in enumerate(data) if not isinstance(t, torch.Tensor) and (tensors or _rows_of_numbers(t))]
+        if bad:
+            got = ", ".join(f"{name}[{i}] a {type(data[i]).__name__}" for i in bad)
+            raise ValueError(f"{name}: expected {expected}, got {got} (convert with torch.as_tensor)")
+    return data
+
+
+def check_generator(generator, name="generator"):
+    """ValueError unless ``generator`` is None or a ``torch.Generator``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"{name}: expected a torch.Generator or None, got {type(generator).__name__}")
+    return generator
 
 
 def check_callable(value, name):

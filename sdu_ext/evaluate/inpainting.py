@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..checks import check_count, check_tensor
 from ..models.glow_prox import GRAD_X_WEIGHT, UnitDirectionNoise, unit_directions
 
 __all__ = ["psnr", "ssim", "run_iterates", "layer_metrics", "evaluate_clean", "evaluate_under_noise", "perturb",
@@ -24,6 +25,8 @@ __all__ = ["psnr", "ssim", "run_iterates", "layer_metrics", "evaluate_clean", "e
 def psnr(x: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """PSNR in dB per image: ``10 log10(data_range^2 / MSE)`` for x, reference (B, ...) -> (B,)
     (float32 or wider); an MSE of 0 is floored at 1e-12 (120 dB for data_range 1)."""
+    check_tensor(x, "x", "a tensor (B, ...)")
+    check_tensor(reference, "reference", "a tensor (B, ...)")
     mse = (x - reference).pow(2).flatten(1).mean(dim=1).to(torch.promote_types(x.dtype, torch.float32))
     return 10.0 * torch.log10(data_range ** 2 / mse.clamp_min(1e-12))
 
@@ -46,6 +49,8 @@ def ssim(x: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0, sigm
     channels. Equals ``skimage.metrics.structural_similarity(..., gaussian_weights=True,
     sigma=1.5, use_sample_covariance=False, data_range=1, channel_axis=0)``.
     """
+    check_tensor(x, "x", "a tensor (B, C, H, W)", dims=4)
+    check_tensor(reference, "reference", "a tensor (B, C, H, W)")
     if x.shape != reference.shape or x.dim() != 4:
         raise ValueError(f"reference: expected the shape of x (B, C, H, W) = {tuple(x.shape)}, "
                          f"got {tuple(reference.shape)}")
@@ -75,7 +80,10 @@ def ssim(x: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0, sigm
 def run_iterates(model: nn.Module, y: torch.Tensor, noise=None, batch_size: int = 64
                  ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(iterates (L+1, N, C, H, W), latents (L+1, N, D))`` of a GLOW-Prox ``model`` on masked
-    images ``y`` (N, C, H, W), without gradients, in chunks of ``batch_size`` (eval mode)."""
+    images ``y`` (N, C, H, W), without gradients, in chunks of ``batch_size`` (an integer >= 1;
+    eval mode)."""
+    check_tensor(y, "y", "a tensor (N, C, H, W)")
+    batch_size = check_count(batch_size, "batch_size")
     model.eval()
     its, lat = [], []
     for i in range(0, y.shape[0], batch_size):
@@ -136,6 +144,7 @@ def evaluate_clean(model: nn.Module, data, batch_size: int = 64) -> Dict[str, li
     """:func:`layer_metrics` of ``model`` on the clean test set of ``data`` (an
     :class:`~sdu_ext.problems.inpainting.InpaintingData`), plus ``overflows`` (images whose
     Glow inverse overflowed in some layer, see :class:`~sdu_ext.models.GlowProx`)."""
+    batch_size = check_count(batch_size, "batch_size")
     y, x = data.pairs("test")
     before = model.overflows
     it, lat = run_iterates(model, y, batch_size=batch_size)
@@ -145,15 +154,17 @@ def evaluate_clean(model: nn.Module, data, batch_size: int = 64) -> Dict[str, li
 def evaluate_under_noise(model: nn.Module, data, sigma: float, seed: int, batch_size: int = 64) -> Dict[str, list]:
     """:func:`evaluate_clean` with the between-layer noise (:class:`~sdu_ext.models.UnitDirectionNoise`)
     of factor ``sigma``, drawn from a generator seeded by ``seed + 10000``."""
+    batch_size = check_count(batch_size, "batch_size")
+    noise = UnitDirectionNoise(sigma, generator=torch.Generator().manual_seed(seed + 10_000))
     y, x = data.pairs("test")
     before = model.overflows
-    noise = UnitDirectionNoise(sigma, generator=torch.Generator().manual_seed(seed + 10_000))
     it, lat = run_iterates(model, y, noise, batch_size)
     return dict(layer_metrics(it, lat, x, y, data.mask), sigma=sigma, overflows=model.overflows - before)
 
 
 def perturb(x: torch.Tensor, p: float, generator: Optional[torch.Generator]) -> torch.Tensor:
     """``clamp(x + p u, 0, 1)`` with u (N, C, H, W) random directions of unit norm per image."""
+    check_tensor(x, "x", "a tensor (N, C, H, W)")
     return (x + p * unit_directions(x.shape, generator, x.dtype, x.device)).clamp(0.0, 1.0)
 
 
@@ -168,6 +179,7 @@ def perturbation_sweep(model: nn.Module, data, ps, seed: int, first_layer: int =
     of the perturbed image itself and of its masked version (the network's input: what doing
     nothing scores), the lowest descending frequency over layers ``first_layer``..L and the
     Glow-inverse overflows."""
+    batch_size = check_count(batch_size, "batch_size")
     x = data.test
     out = {k: [] for k in ("p", "psnr", "ssim", "mse", "psnr_input", "psnr_masked", "min_desc_x", "min_desc_z",
                            "min_desc_err", "overflows")}

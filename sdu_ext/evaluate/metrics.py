@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..checks import check_count, check_tensor
 
 __all__ = ["QUANTILES", "run_iterates", "nmse_db", "descending_frequency", "layer_metrics", "evaluate_model",
            "iterations_to_match"]
@@ -26,12 +27,14 @@ __all__ = ["QUANTILES", "run_iterates", "nmse_db", "descending_frequency", "laye
 QUANTILES = (0.1, 0.5, 0.9)
 
 
-def _check_pair(iterates, reference, name="iterates"):
+def _check_pair(iterates, reference, name="iterates", reference_name="reference"):
     if not isinstance(iterates, torch.Tensor) or iterates.dim() != 3:
         got = tuple(iterates.shape) if isinstance(iterates, torch.Tensor) else type(iterates).__name__
         raise ValueError(f"{name}: expected stacked iterates (L+1, N, m), got {got}")
+    if reference is not None:
+        check_tensor(reference, reference_name, "a tensor (N, m)")
     if reference is not None and tuple(reference.shape) != tuple(iterates.shape[1:]):
-        raise ValueError(f"reference: expected shape (N, m) = {tuple(iterates.shape[1:])} to match {name}, "
+        raise ValueError(f"{reference_name}: expected shape (N, m) = {tuple(iterates.shape[1:])} to match {name}, "
                          f"got {tuple(reference.shape)}")
 
 
@@ -47,8 +50,11 @@ def run_iterates(model: nn.Module, x: torch.Tensor, *, noise=None, y0: Optional[
         y0: optional initial points (N, m) in the model's output domain.
         generator: optional ``torch.Generator`` for random initial points
             (``paper`` LISTA) when ``y0`` is None.
+        batch_size: an integer >= 1.
     Returns (L+1, N, m) in the model's dtype, on its device.
     """
+    check_tensor(x, "x", "a tensor (N, n)", dims=2)
+    batch_size = check_count(batch_size, "batch_size")
     model.eval()
     out = []
     for start in range(0, x.shape[0], batch_size):
@@ -67,6 +73,7 @@ def nmse_db(estimates: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     Returns a float64 tensor (L+1,) (or a 0-dim tensor for (N, m) input); -inf when
     the estimates are exact, +inf (with a warning) when every y*_b is 0.
     """
+    check_tensor(estimates, "estimates", "a tensor (L+1, N, m) or (N, m)")
     single = estimates.dim() == 2
     it = estimates.unsqueeze(0) if single else estimates
     _check_pair(it, reference, "estimates")
@@ -123,7 +130,8 @@ def layer_metrics(iterates: torch.Tensor, x: torch.Tensor, y_star: torch.Tensor,
         ``l1_star``, ``support_fraction`` (fraction of non-zero entries);
         ``descending`` (L,): fraction with r_l < r_{l-1} for r = ||y_l - y*||.
     """
-    _check_pair(iterates, y_star)
+    _check_pair(iterates, y_star, reference_name="y_star")
+    check_tensor(x, "x", "a tensor (N, n)", dims=2)
     norms = ops.residual_norms(iterates, y_star).to(torch.float64)
     q = torch.quantile(norms, torch.tensor(QUANTILES, dtype=torch.float64, device=norms.device), dim=1)
     it64 = iterates.to(torch.float64)
@@ -171,6 +179,7 @@ def iterations_to_match(problem, x: torch.Tensor, y_star: torch.Tensor, targets_
 
     if method not in ("ista", "fista"):
         raise ValueError(f"method: expected 'ista' or 'fista', got {method!r}")
+    check_tensor(y_star, "y_star", "a tensor (N, m)", dims=2)
     targets = [float(t) for t in targets_db]
     if any(math.isnan(t) for t in targets):
         raise ValueError(f"targets_db: expected numbers, got {targets_db!r}")

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..checks import check_count, check_tensor
 from ..models.noise import RescaledNoise, log_gradient_noise
 from .metrics import layer_metrics, nmse_db, run_iterates
 
@@ -79,8 +80,11 @@ def perturbed_iterates(model: nn.Module, x: torch.Tensor, sigma: float, generato
 
     ``iterates[l]`` is layer l's output *after* its noise (where layer l+1 starts). With
     ``return_outputs`` also returns the layer outputs *before* the noise (L, N, m)
-    (the last one equals ``iterates[L]``: no noise follows the last layer).
+    (the last one equals ``iterates[L]``: no noise follows the last layer). ``batch_size``: an
+    integer >= 1.
     """
+    check_tensor(x, "x", "a tensor (N, n)", dims=2)
+    batch_size = check_count(batch_size, "batch_size")
     model.eval()
     D = model.D
     y0 = (sigma / domain_scale) * torch.randn(x.shape[0], model.m, generator=generator, dtype=D.dtype).to(D.device)
@@ -107,6 +111,9 @@ def layer_descending(iterates: torch.Tensor, outputs: torch.Tensor, y_star: torc
     """Fraction of samples (per layer, (L,) float64) whose layer output before the noise,
     ``outputs[l-1]``, is closer to y* than the layer's (perturbed) input ``iterates[l-1]``:
     whether each layer itself descends from a perturbed point."""
+    check_tensor(iterates, "iterates", "stacked iterates (L+1, N, m)", dims=3)
+    check_tensor(outputs, "outputs", "layer outputs (L, N, m)", dims=3)
+    check_tensor(y_star, "y_star", "a tensor (N, m)", dims=2)
     before = ops.residual_norms(iterates[:-1], y_star)
     after = ops.residual_norms(outputs, y_star)
     return (after < before).to(torch.float64).mean(dim=1)
@@ -131,6 +138,9 @@ def perturbation_sweep(model: nn.Module, x: torch.Tensor, y_star: torch.Tensor, 
     l-1's) and ``layer_descending`` (per layer, L: :func:`layer_descending`, whether the
     layer itself moves its perturbed input towards y*).
     """
+    check_tensor(x, "x", "a tensor (N, n)", dims=2)
+    check_tensor(y_star, "y_star", "a tensor (N, m)", dims=2)
+    batch_size = check_count(batch_size, "batch_size")
     rows = []
     for i, sigma in enumerate(_bar(list(sigmas), "perturbation sweep", progress)):
         it, out = perturbed_iterates(model, x, float(sigma), seeded_generator(seed, i), negative, domain_scale,
@@ -145,6 +155,7 @@ def shift_signals(x: torch.Tensor, p: float, generator: torch.Generator, clip: O
                   ) -> torch.Tensor:
     """``x~ = clip(x + p N(0, I), lo, hi)`` for x (N, n); ``clip=None`` skips the clipping
     (signals that do not live in [0, 1], such as the synthetic benchmark's)."""
+    check_tensor(x, "x", "a tensor (N, n)")
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     shifted = x + p * noise
     return shifted if clip is None else shifted.clamp(float(clip[0]), float(clip[1]))
@@ -156,6 +167,7 @@ def shifted_data(x: torch.Tensor, solve: Callable, shifts: Sequence[float], *, s
 
     ``solve(x (N, n)) -> y* (N, m)`` is the reference LASSO solver. Returns a list of
     ``{"p", "x", "y_star"}`` (shift p number i drawn with ``seed * 1000003 + i``)."""
+    check_tensor(x, "x", "a tensor (N, n)")
     out = []
     for i, p in enumerate(_bar(list(shifts), "OOD optima", progress)):
         xs = shift_signals(x, float(p), seeded_generator(seed, i), clip)
@@ -174,6 +186,9 @@ def ood_shift(model: nn.Module, shifted: List[Dict[str, Any]], y_star_clean: Opt
     (the research plot's measure). ``generator_seed`` seeds the random initial point of
     ``paper`` LISTA.
     """
+    if y_star_clean is not None:
+        check_tensor(y_star_clean, "y_star_clean", "a tensor (N, m) or None", dims=2)
+    batch_size = check_count(batch_size, "batch_size")
     rows = []
     for i, s in enumerate(shifted):
         it = run_iterates(model, s["x"], generator=seeded_generator(generator_seed, i), batch_size=batch_size)

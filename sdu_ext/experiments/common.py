@@ -28,8 +28,8 @@ from .report import copy_logs, start_report
 REPORT_FILES = ("config.json", "metrics.json", "report.md", "checkpoints")  # what a previous reproduction left
 
 __all__ = ["CLIError", "Interrupted", "RunOptions", "Experiment", "Budget", "train_variant",
-           "train_variants", "run_name", "seeds_of", "check_out",
-           "start_reproduction", "check_data_cache",
+           "train_variants", "run_name", "seeds_of", "check_options", "check_out", "check_resume", "check_seed",
+           "check_time_budget", "start_reproduction", "check_data_cache",
            "check_device", "apply_epochs", "read_checkpoint", "load_weights"]
 
 
@@ -132,8 +132,13 @@ def _differences(old: Any, new: Any, where: str = "") -> List[str]:
     return [] if old == new else [f"{where}: {old!r} -> {new!r}"]
 
 
-def _check_resumable(last: str, experiment: Experiment, variant: str, run_dir: str) -> None:
-    """CLIError naming what differs when ``last`` cannot be continued as ``variant`` of the preset."""
+def check_resume(run_dir: str, preset, variant: str, sections: Sequence[str]) -> None:
+    """CLIError naming what differs when ``run_dir/last.pt`` exists but cannot be continued as
+    ``variant`` of ``preset`` (unreadable, another network, other ``sections`` of the preset).
+    Cheap next to preparing data: the commands call it before they do any work."""
+    last = os.path.join(run_dir, "last.pt")
+    if not os.path.isfile(last):
+        return
     afresh = f"pass --overwrite instead of --resume to start {run_dir!r} afresh"
     try:
         meta = load_checkpoint(last).get("metadata") or {}
@@ -142,10 +147,10 @@ def _check_resumable(last: str, experiment: Experiment, variant: str, run_dir: s
     old_variant = meta.get("variant", variant)
     if old_variant != variant:
         raise CLIError(f"resume: {last!r} holds the {old_variant!r} network, not {variant!r}; {afresh}")
-    old, new = meta.get("preset", {}), experiment.preset.to_dict()
-    diff = [d for k in experiment.resume_sections for d in _differences(old.get(k), new[k], k)]
+    old, new = meta.get("preset", {}), preset.to_dict()
+    diff = [d for k in sections for d in _differences(old.get(k), new[k], k)]
     if diff:
-        raise CLIError(f"resume: {last!r} was trained with other settings than preset {experiment.preset.name!r} "
+        raise CLIError(f"resume: {last!r} was trained with other settings than preset {preset.name!r} "
                        f"({'; '.join(diff)}); {afresh}")
 
 
@@ -165,8 +170,7 @@ class Budget:
     an equal share of what is left for training."""
 
     def __init__(self, seconds: Optional[float], runs: int, reserve: float = 0.15):
-        if seconds is not None and not (isinstance(seconds, (int, float)) and seconds > 0):
-            raise CLIError(f"--time-budget: expected a number of seconds > 0, got {seconds!r}")
+        check_time_budget(seconds)
         self.seconds, self.runs_left = seconds, runs
         self.end = None if seconds is None else time.perf_counter() + seconds * (1 - reserve)
 
@@ -201,8 +205,8 @@ def train_variant(experiment: Experiment, variant: str, run_dir: str, *, seed: i
         raise ValueError(f"variant: expected one of {', '.join(map(repr, VARIANTS))}, got {variant!r}")
     mode, noisy = VARIANTS[variant]
     last = os.path.join(run_dir, "last.pt")
-    if resume and os.path.isfile(last):
-        _check_resumable(last, experiment, variant, run_dir)
+    if resume:
+        check_resume(run_dir, experiment.preset, variant, experiment.resume_sections)
     torch.manual_seed(seed)
     model = experiment.build_model(seed)
     noise = experiment.build_noise(model, seed) if noisy else None
@@ -284,20 +288,49 @@ def train_variants(experiment: Experiment, out: str, options: RunOptions, device
 
 # ---------------------------------------------------------------- options
 
-def start_reproduction(kind: str, preset, options: RunOptions) -> Tuple[Any, str, str]:
-    """``(preset, device, out)`` of ``sdu-ext reproduce <kind>``: the preset with
-    ``options.epochs`` applied, the checked device, and the report folder (``options.out``,
-    default ``runs/<kind>_<preset>``) made with its ``.gitignore`` and ``config.json``."""
-    preset = apply_epochs(preset, options.epochs)
+SEED_LIMIT = 2 ** 32  # seeds are < 2**32: every derived seed (seed * 1000003 + i, ...) then fits a torch seed
+
+
+def check_options(preset, options: RunOptions, markers: Optional[Sequence[str]] = None
+                  ) -> Tuple[Any, str, Optional[str], Optional[str]]:
+    """Every check of a command's options that reads no data, before it does any work (so a
+    bad option leaves nothing behind): ``(preset with options.epochs applied, device,
+    data_cache, out)``. ``out`` is checked by :func:`check_out` with ``markers`` (None: the
+    command takes no run folder, ``out`` is returned as given); it is not made here. ``preset``
+    None (a command that reads it from a checkpoint) is returned as None."""
+    if preset is not None:
+        preset = apply_epochs(preset, options.epochs)
     device = check_device(options.device)
-    out = check_out(options.out or os.path.join("runs", f"{kind}_{preset.name}"), resume=options.resume,
-                    overwrite=options.overwrite, markers=REPORT_FILES)
+    check_seed(options.seed)
+    check_time_budget(options.time_budget)
+    cache = check_data_cache(options.data_cache)
+    out = options.out
+    if markers is not None:
+        out = check_out(out, resume=options.resume, overwrite=options.overwrite, markers=markers)
+    return preset, device, cache, out
+
+
+def start_reproduction(kind: str, preset, options: RunOptions, resume_sections: Sequence[str] = ()
+                       ) -> Tuple[Any, str, Optional[str], str]:
+    """``(preset, device, data_cache, out)`` of ``sdu-ext reproduce <kind>``: the preset with
+    ``options.epochs`` applied, the checked device and data cache folder, and the report folder
+    (``options.out``, default ``runs/<kind>_<preset>``), made with its ``.gitignore`` and
+    ``config.json`` after every option (:func:`check_options`) and, with ``options.resume``,
+    every run's ``last.pt`` (:func:`check_resume` against ``resume_sections``) is checked."""
+    options = dataclasses.replace(options, out=options.out or os.path.join("runs", f"{kind}_{preset.name}"))
+    preset, device, cache, out = check_options(preset, options, REPORT_FILES)
+    if options.resume:
+        for variant in preset.variants:
+            for seed in seeds_of(preset, options):
+                check_resume(os.path.join(out, "checkpoints", run_name(variant, seed)), preset, variant,
+                             resume_sections)
     start_report(preset, out)
-    return preset, device, out
+    return preset, device, cache, out
 
 
 def check_out(out: Optional[str], *, resume: bool, overwrite: bool, markers: Sequence[str]) -> str:
-    """The output folder ``out`` of a run, made if missing. CLIError when it is empty or a
+    """The output folder ``out`` of a run, checked but not made (the first file written into it
+    makes it, so a command that fails before leaves no folder). CLIError when it is empty or a
     file, or when it holds a previous run (any of ``markers``) and neither ``resume`` nor
     ``overwrite`` says what to do with it."""
     if not out:
@@ -308,8 +341,23 @@ def check_out(out: Optional[str], *, resume: bool, overwrite: bool, markers: Seq
     if found and not (resume or overwrite):
         raise CLIError(f"--out: {out!r} holds a previous run ({', '.join(found)}); pass --resume to continue it "
                        "or --overwrite to replace it")
-    os.makedirs(out, exist_ok=True)
     return out
+
+
+def check_seed(seed: int) -> int:
+    """``seed`` unless it is not an integer in [0, 2**32) (CLIError naming --seed): the seeds
+    derived from it (``seed * 1000003 + i``, ``seed + 10000``, ...) must fit a torch seed."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise CLIError(f"--seed: expected an integer in [0, 2**32), got {seed!r}")
+    return seed
+
+
+def check_time_budget(seconds: Optional[float]) -> Optional[float]:
+    """``seconds`` unless it is neither None nor a number > 0 (CLIError naming --time-budget)."""
+    if seconds is not None and not (isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
+                                    and seconds > 0):
+        raise CLIError(f"--time-budget: expected a number of seconds > 0, got {seconds!r}")
+    return seconds
 
 
 def check_data_cache(path: Optional[str]) -> Optional[str]:

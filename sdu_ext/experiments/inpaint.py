@@ -55,9 +55,8 @@ from ..presets import InpaintPreset, get_inpaint_preset
 from ..train import DescentConstraints
 from ..train.checkpoint import atomic_save, atomic_write_json
 from . import claims, report
-from .common import (Budget, CLIError, Experiment, RunOptions, apply_epochs, check_data_cache, check_device,
-                     check_out, load_weights, read_checkpoint, seeds_of, start_reproduction, train_variant,
-                     train_variants)
+from .common import (Budget, CLIError, Experiment, RunOptions, check_options, check_resume, load_weights,
+                     read_checkpoint, seeds_of, start_reproduction, train_variant, train_variants)
 from .report import fmt, json_safe, label, table
 
 __all__ = ["FORMAT", "GLOW_FORMAT", "prepare_data", "mse_loss", "build_model", "build_noise", "constraint_groups",
@@ -334,12 +333,15 @@ def _preset(preset: Union[str, InpaintPreset, None]) -> Optional[InpaintPreset]:
 
 def train(preset: Union[str, InpaintPreset], variant: str, options: RunOptions, glow: Optional[str] = None) -> int:
     """``sdu-ext inpaint train``: one GLOW-Prox network into ``options.out`` (resumable); its Glow
-    is pretrained first into ``out/glow.pt``, or read from the file ``glow``."""
-    preset = apply_epochs(_preset(preset), options.epochs)
-    device = check_device(options.device)
-    out = check_out(options.out, resume=options.resume, overwrite=options.overwrite, markers=RUN_FILES)
-    data = prepare_data(preset, check_data_cache(options.data_cache), device)
+    is pretrained first into ``out/glow.pt``, or read from the file ``glow``. Every option and,
+    with ``resume``, the last checkpoint are checked before the data is prepared; a failing
+    command leaves no new folder behind."""
+    preset, device, cache, out = check_options(_preset(preset), options, RUN_FILES)
+    if options.resume:
+        check_resume(out, preset, variant, InpaintExperiment.resume_sections)
+    data = prepare_data(preset, cache, device)
     pretrained, _ = _glow(preset, data, os.path.join(out, "glow.pt"), glow, options, device)
+    os.makedirs(out, exist_ok=True)
     _, summary, _ = train_variant(InpaintExperiment(preset, data, pretrained), variant, out, seed=options.seed,
                                   device=device, resume=options.resume, progress=options.progress)
     print(f"trained {label(variant)} GLOW-Prox ({preset.name}): best epoch {summary['best_epoch']}, validation loss "
@@ -352,9 +354,9 @@ def evaluate(checkpoint: str, preset: Union[str, InpaintPreset, None], options: 
     (printed; with ``options.out`` also ``eval.json``, plots and an image grid there)."""
     from ..evaluate import plots
 
-    device = check_device(options.device)
+    _, device, cache, _ = check_options(None, options)
     model, preset, variant = load_model(checkpoint, _preset(preset), device)
-    data = prepare_data(preset, check_data_cache(options.data_cache), device)
+    data = prepare_data(preset, cache, device)
     ev = preset.evaluation
     res = evaluate_model(model, data, ev, options.seed, preset.method.first_layer)
     m = res["clean"]
@@ -427,14 +429,15 @@ def reproduce(preset: Union[str, InpaintPreset], options: RunOptions) -> int:
 
     t_start, cpu_start = time.perf_counter(), report.cpu_seconds()
     load_start = report.machine_info()["load"]
-    preset, device, out = start_reproduction("inpaint", _preset(preset), options)
+    preset, device, cache, out = start_reproduction("inpaint", _preset(preset), options,
+                                                    InpaintExperiment.resume_sections)
     progress = options.progress
     timing = {}
     seeds = seeds_of(preset, options)
     budget = Budget(options.time_budget, len(preset.variants) * len(seeds))
 
     t0 = time.perf_counter()
-    data = prepare_data(preset, check_data_cache(options.data_cache), device)
+    data = prepare_data(preset, cache, device)
     timing["data_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

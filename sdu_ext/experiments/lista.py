@@ -42,9 +42,8 @@ from ..presets import LABELS, Preset, get_preset
 from ..train import DescentConstraints
 from ..train.checkpoint import atomic_save, atomic_write_json
 from . import claims, report
-from .common import (Budget, CLIError, Experiment, RunOptions, apply_epochs, check_data_cache, check_device,
-                     check_out, load_weights, read_checkpoint, seeds_of, start_reproduction, train_variant,
-                     train_variants)
+from .common import (Budget, CLIError, Experiment, RunOptions, check_options, check_resume, load_weights,
+                     read_checkpoint, seeds_of, start_reproduction, train_variant, train_variants)
 from .report import fmt, json_safe, layers_table, table
 
 __all__ = ["FORMAT", "LassoData", "prepare_data", "build_model", "build_noise", "ListaExperiment", "load_model",
@@ -115,16 +114,17 @@ def _drop_zero_optima(split, name, info):
     return x[keep], y[keep]
 
 
-def prepare_data(cfg, cache_dir: Optional[str] = None, progress: bool = False) -> LassoData:
+def prepare_data(cfg, cache_dir: Optional[str] = None, progress: Optional[bool] = None) -> LassoData:
     """The :class:`LassoData` (float32) of a :class:`~sdu_ext.problems.datasets.DatasetConfig`,
     through :func:`sdu_ext.problems.datasets.load` and its cache (``cache_dir``, default
-    ``$SDU_EXT_CACHE`` or ``~/.cache/sdu_ext``). Samples whose optimum is y* = 0 are
+    ``$SDU_EXT_CACHE`` or ``~/.cache/sdu_ext``). ``progress``: progress bars of the
+    generation (True / False / None = only for long generations). Samples whose optimum is y* = 0 are
     dropped with a warning (a layer cannot descend towards them once it reaches them,
     and the ratio forms of the constraints divide by their residuals)."""
     from ..problems import datasets
 
     t0 = time.perf_counter()
-    made = datasets.load(cfg, cache_dir=cache_dir, progress=progress or None)
+    made = datasets.load(cfg, cache_dir=cache_dir, progress=progress)
     info = {"reference": made.info.get("reference"), "config_key": cfg.key()}
     splits = {}
     for name in ("train", "val", "test"):
@@ -284,11 +284,14 @@ def _preset(preset: Union[str, Preset, None]) -> Optional[Preset]:
 
 
 def train(preset: Union[str, Preset], variant: str, options: RunOptions) -> int:
-    """``sdu-ext lista train``: one network of the comparison into ``options.out`` (resumable)."""
-    preset = apply_epochs(_preset(preset), options.epochs)
-    device = check_device(options.device)
-    out = check_out(options.out, resume=options.resume, overwrite=options.overwrite, markers=RUN_FILES)
-    data = prepare_data(preset.data, check_data_cache(options.data_cache), progress=options.progress)
+    """``sdu-ext lista train``: one network of the comparison into ``options.out`` (resumable).
+    Every option and, with ``resume``, the last checkpoint are checked before the data is
+    prepared and the folder made."""
+    preset, device, cache, out = check_options(_preset(preset), options, RUN_FILES)
+    if options.resume:
+        check_resume(out, preset, variant, ListaExperiment.resume_sections)
+    data = prepare_data(preset.data, cache, progress=options.progress)
+    os.makedirs(out, exist_ok=True)
     _, summary, _ = train_variant(ListaExperiment(preset, data.to(device)), variant, out, seed=options.seed,
                                   device=device, resume=options.resume, progress=options.progress)
     print(f"trained {LABELS[variant]} LISTA ({preset.name}): best epoch {summary['best_epoch']}, validation loss "
@@ -297,9 +300,9 @@ def train(preset: Union[str, Preset], variant: str, options: RunOptions) -> int:
 
 
 def _load_for_eval(checkpoint, preset, options):
-    device = check_device(options.device)
+    _, device, cache, _ = check_options(None, options)
     model, preset, variant = load_model(checkpoint, _preset(preset), device)
-    data = prepare_data(preset.data, check_data_cache(options.data_cache), progress=options.progress)
+    data = prepare_data(preset.data, cache, progress=options.progress)
     if not torch.allclose(model.D.cpu().float(), data.D, atol=1e-6):
         raise CLIError(f"checkpoint: {checkpoint!r} was trained on another dictionary than the preset's data "
                        "(a different data seed or data set)")
@@ -378,14 +381,15 @@ def reproduce(preset: Union[str, Preset], options: RunOptions) -> int:
 
     t_start, cpu_start = time.perf_counter(), report.cpu_seconds()
     load_start = report.machine_info()["load"]
-    preset, device, out = start_reproduction("lista", _preset(preset), options)
+    preset, device, cache, out = start_reproduction("lista", _preset(preset), options,
+                                                    ListaExperiment.resume_sections)
     progress = options.progress
     timing = {}
     seeds = seeds_of(preset, options)
     budget = Budget(options.time_budget, len(preset.variants) * len(seeds))
 
     t0 = time.perf_counter()
-    data = prepare_data(preset.data, check_data_cache(options.data_cache), progress=progress)
+    data = prepare_data(preset.data, cache, progress=progress)
     timing["data_seconds"] = time.perf_counter() - t0
     data_dev = data.to(device)
     experiment = ListaExperiment(preset, data_dev)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..checks import check_callable, check_layers, check_positive, describe
+from ..checks import check_callable, check_generator, check_layers, check_positive, describe
 from ..problems.lasso import Lasso
 
 _describe = describe  # the name models/lista.py imports
@@ -123,8 +123,7 @@ class Unrolled(nn.Module):
     def forward(self, x, return_all=False, noise=None, y0=None, generator=None):
         self._check_tensor(x, "x", self.n, f"(B, n) with n = {self.n} from D")
         check_callable(noise, "noise")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise ValueError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+        check_generator(generator)
         dtype = self._compute_dtype()
         scale = self.scale
         xs = (x * scale if scale != 1.0 else x).to(dtype)

@@ -27,7 +27,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..flows import Glow, GlowConfig
-from .noise import _randn
+from ..checks import check_generator
+from .noise import _check_sigma, _randn
 
 GRAD_X_WEIGHT = 200.0  # d/dx of 100 ||y - A x||^2 is 200 A^T (A x - y)
 LOSSES = ("mean", "sum")
@@ -52,7 +53,7 @@ class UnitDirectionNoise(nn.Module):
     unit Euclidean norm per image (over all C*H*W entries).
 
     Args:
-        sigma: factor (>= 0) on the scale (1 = the training rule).
+        sigma: factor (finite, >= 0) on the scale (1 = the training rule).
         generator: optional ``torch.Generator`` for reproducible draws (CPU generators
             reproduce the same noise on every device).
     Call: ``(layer, x (B, C, H, W), y) -> (B, C, H, W)`` in x's dtype and device; the
@@ -61,10 +62,8 @@ class UnitDirectionNoise(nn.Module):
 
     def __init__(self, sigma=1.0, generator=None):
         super().__init__()
-        if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not sigma >= 0:
-            raise ValueError(f"sigma: expected a non-negative number, got {sigma!r}")
-        self.sigma = float(sigma)
-        self.generator = generator
+        self.sigma = _check_sigma(sigma)
+        self.generator = check_generator(generator)
 
     def forward(self, layer, x, y):
         if self.sigma == 0:

@@ -2,12 +2,14 @@
 
 All share the :class:`~sdu_ext.models.classic.Unrolled` interface.
 """
+import math
 import numbers
 
 import torch
 from torch import nn
 
 from .. import ops
+from ..checks import check_generator, check_positive
 from ..nn import LISTALayer
 from .classic import Unrolled, _describe
 from .noise import _randn
@@ -58,6 +60,7 @@ class LISTA(Unrolled):
         super().__init__(D, alpha, num_layers)
         if init not in INITS:
             raise ValueError(f"init: expected one of {', '.join(map(repr, INITS))}, got {init!r}")
+        check_generator(generator)
         if init != "random":
             for name, value in (("weight_std", weight_std), ("y0_std", y0_std)):
                 if value is not None:
@@ -159,7 +162,8 @@ class ALISTA(Unrolled):
 
     Args:
         D, alpha, num_layers: see :class:`~sdu_ext.models.classic.Unrolled`.
-        ridge: relative ridge of the weight computation (see :meth:`analytic_weight`).
+        ridge: relative ridge of the weight computation, a finite number > 0 (see
+            :meth:`analytic_weight`).
     """
 
     def __init__(self, D, alpha, num_layers, ridge=1e-6):
@@ -188,12 +192,13 @@ class ALISTA(Unrolled):
         """
         if not isinstance(D, torch.Tensor) or D.dim() != 2 or not D.is_floating_point():
             raise ValueError(f"D: expected a 2-D floating tensor (n, m), got {_describe(D)}")
-        if isinstance(ridge, bool) or not isinstance(ridge, numbers.Real) or not ridge > 0:
-            raise ValueError(f"ridge: expected a positive number, got {ridge!r}")
+        ridge = check_positive(ridge, "ridge")  # lambda > 0 keeps D D^T + lambda I invertible
         D64 = D.detach().double()
         n = D64.shape[0]
         gram = D64 @ D64.T
-        lam = float(ridge) * float(torch.linalg.matrix_norm(D64, ord=2)) ** 2
+        lam = ridge * float(torch.linalg.matrix_norm(D64, ord=2)) ** 2
+        if not math.isfinite(lam):
+            raise ValueError(f"ridge: expected a number small enough that ridge * ||D||_2^2 is finite, got {ridge!r}")
         MD = torch.linalg.solve(gram + lam * torch.eye(n, dtype=gram.dtype, device=gram.device), D64)
         denom = (D64 * MD).sum(0)
         zero = denom <= torch.finfo(torch.float64).tiny

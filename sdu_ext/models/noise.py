@@ -25,11 +25,12 @@ graph break.
 the robustness protocol (see :mod:`sdu_ext.evaluate.robustness`); training and
 evaluation both use them.
 """
-import numbers
 from typing import Callable, Optional
 
 import torch
 from torch import nn
+
+from ..checks import check_generator, check_number, check_positive
 
 __all__ = ["NEGATIVE", "FixedNoise", "LogGradientNoise", "RescaledNoise", "log_gradient_noise"]
 
@@ -73,16 +74,15 @@ class _Memo:
 
 
 def _check_sigma(sigma):
-    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not sigma >= 0:
-        raise ValueError(f"sigma: expected a non-negative number, got {sigma!r}")
-    return float(sigma)
+    """``float(sigma)`` for a finite number >= 0 (a noise level), else ValueError naming sigma."""
+    return check_number(sigma, "sigma", low=0.0, what="a non-negative number")
 
 
 class FixedNoise(nn.Module):
     """The plain rule: ``y + sigma * N(0, I)``.
 
     Args:
-        sigma: standard deviation (>= 0), in the model's scaled domain.
+        sigma: standard deviation (finite, >= 0), in the model's scaled domain.
         generator: optional ``torch.Generator`` for reproducible draws.
     Call: ``(layer, y (B, m), xs (B, n)) -> (B, m)`` in y's dtype and device.
     """
@@ -90,7 +90,7 @@ class FixedNoise(nn.Module):
     def __init__(self, sigma: float, generator: Optional[torch.Generator] = None):
         super().__init__()
         self.sigma = _check_sigma(sigma)
-        self.generator = generator
+        self.generator = check_generator(generator)
 
     def forward(self, layer: int, y: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         if self.sigma == 0:
@@ -133,7 +133,7 @@ class LogGradientNoise(nn.Module):
     Args:
         D: dictionary (n, m); kept as a (non-persistent) buffer, so ``.to(device)``
             moves it with the hook. Pass ``model.D`` to reuse a model's copy.
-        sigma: factor (>= 0) on the scale.
+        sigma: factor (finite, >= 0) on the scale.
         negative: ``"clamp"`` or ``"abs"``.
         generator: optional ``torch.Generator`` for reproducible draws.
         gram: True / False force the Gram / residual form; None (default) takes the Gram
@@ -153,7 +153,7 @@ class LogGradientNoise(nn.Module):
         self.register_buffer("D", D.detach(), persistent=False)
         self.sigma = _check_sigma(sigma)
         self.negative = negative
-        self.generator = generator
+        self.generator = check_generator(generator)
         if gram not in (None, True, False):
             raise ValueError(f"gram: expected True, False or None (automatic), got {gram!r}")
         self.gram = gram
@@ -213,7 +213,7 @@ class RescaledNoise(nn.Module):
 
     Args:
         inner: a noise hook (e.g. :class:`LogGradientNoise`).
-        factor: positive scale; 1 returns ``inner``'s output unchanged.
+        factor: positive finite scale; 1 returns ``inner``'s output unchanged.
     ``generator`` is the inner hook's (so the trainer seeds and checkpoints it).
     Call: ``(layer, y (B, m), xs (B, n)) -> (B, m)``.
     """
@@ -222,10 +222,8 @@ class RescaledNoise(nn.Module):
         super().__init__()
         if not callable(inner):
             raise ValueError(f"inner: expected a noise hook (callable), got {type(inner).__name__}")
-        if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not factor > 0:
-            raise ValueError(f"factor: expected a positive number, got {factor!r}")
         self.inner = inner
-        self.factor = float(factor)
+        self.factor = check_positive(factor, "factor")
         self._xs_memo = _Memo()  # the scaled xs, one tensor per forward (the inner hook's memo reuses it)
 
     @property
