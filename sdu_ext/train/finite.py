@@ -66,14 +66,19 @@ def check_values(groups, active, c_all, epoch, batch_index, what="constraint val
             _fail(f"{what} c_{l + 1} ({float(c[l])}) of group {g.name!r}", epoch, l + 1, extra)
 
 
-def check_multipliers(groups, duals, epoch, when, snapshots=None):
+def check_multipliers(groups, duals, epoch, when, snapshots=None, batch_index=None):
     """NonFiniteError on the first non-finite multiplier or slack of the :class:`Multiplier` s
-    (or of their :meth:`~sdu_ext.train.Multiplier.snapshot` s, one per group, when given)."""
-    for i, (g, dual) in enumerate(zip(groups, duals)):
-        bad = dual.nonfinite(*(snapshots[i] if snapshots is not None else ()))
+    (or of their :meth:`~sdu_ext.train.Multiplier.snapshot` s, one per group, when given),
+    after the 0-based ``batch_index`` when given. One host read when all are finite."""
+    snapshots = [d.snapshot() for d in duals] if snapshots is None else snapshots
+    if not snapshots or bool(torch.isfinite(torch.cat([t for s in snapshots for t in s])).all()):
+        return
+    for g, dual, snap in zip(groups, duals, snapshots):
+        bad = dual.nonfinite(*snap)
         if bad is not None:
             what, l, value = bad
-            _fail(f"{what}_{l} ({value}) of group {g.name!r}", epoch, l, f" ({when})")
+            batch = "" if batch_index is None else f", batch {batch_index + 1}"
+            _fail(f"{what}_{l} ({value}) of group {g.name!r}", epoch, l, f"{batch} ({when})")
 
 
 def check_state(model, optimizer, epoch):
@@ -182,7 +187,7 @@ class FiniteChecks:
             return
         for r in records:
             if r.snapshots is not None:
-                check_multipliers(self.groups, self.duals, r.epoch, "after the dual step", r.snapshots)
+                check_multipliers(self.groups, self.duals, r.epoch, "after the dual step", r.snapshots, r.batch)
                 continue
             check_loss(float(r.loss), r.iterates, r.epoch, r.batch, bad_layers=r.bad_layers)
             if r.values is not None:
