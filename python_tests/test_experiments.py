@@ -5,6 +5,7 @@ weights, the learning-rate schedule (its actions, and a resumed run continuing i
 and the time budget."""
 import dataclasses
 import time
+import types
 
 import pytest
 import torch
@@ -155,3 +156,29 @@ def test_model_config_random_init():
     quick = presets.get_preset("quick")
     assert quick.seeds >= 3 and quick.model.init == "random" and quick.train.lr_schedule == "plateau"
     assert set(quick.variants) == set(presets.VARIANTS)
+
+
+def test_experiments_use_fused_adam(data):
+    """The experiments build their optimizers like the trainer: fused Adam where supported (also
+    for the inpainting parameter groups); an explicit implementation choice stands."""
+    from sdu_ext.experiments import inpaint as inpaint_exp
+
+    preset = tiny()
+    exp = lista.ListaExperiment(preset, data)
+    model = exp.build_model(0)
+    opt = exp.optimizer_factory(model, preset.train)(model.parameters())
+    assert opt.defaults["fused"] is True and len(opt.param_groups[0]["params"]) == len(list(model.parameters()))
+    loop = dataclasses.replace(preset.train, optimizer_kwargs={"fused": False})
+    assert not exp.optimizer_factory(model, loop)(model.parameters()).defaults["fused"]
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    from sdu_ext.train.optim import build_optimizer
+    opt = build_optimizer("Adam", [{"params": iter([a])}, {"params": [b], "lr": 0.5}], 1e-3, {})
+    assert opt.defaults["fused"] is True and [g["lr"] for g in opt.param_groups] == [1e-3, 0.5]
+    layer = torch.nn.Module()
+    layer.mu_raw, layer.lam_raw, layer.w = (torch.nn.Parameter(torch.ones(k)) for k in (1, 1, 3))
+    prox = torch.nn.Module()
+    prox.layers = torch.nn.ModuleList([layer])
+    method = types.SimpleNamespace(step_lr=1e-2)
+    opt = inpaint_exp.optimizer_factory(prox, preset.train, method)(prox.parameters())
+    assert opt.defaults["fused"] is True
+    assert [(g["lr"], len(g["params"])) for g in opt.param_groups] == [(preset.train.lr, 1), (1e-2, 2)]

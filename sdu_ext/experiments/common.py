@@ -23,6 +23,7 @@ from torch import nn
 
 from ..presets import VARIANTS
 from ..train import PrimalDualTrainer, load_checkpoint
+from ..train.optim import build_optimizer
 from .report import copy_logs, start_report
 
 REPORT_FILES = ("config.json", "metrics.json", "report.md", "checkpoints")  # what a previous reproduction left
@@ -107,9 +108,8 @@ class Experiment(abc.ABC):
 
     def optimizer_factory(self, model: nn.Module, config) -> Callable:
         """``factory(params) -> torch.optim.Optimizer`` of the weights (default: ``config.optimizer``
-        at ``config.lr``, as the trainer builds it)."""
-        cls = getattr(torch.optim, config.optimizer)
-        return lambda params: cls(params, lr=config.lr, **config.optimizer_kwargs)
+        at ``config.lr``, as the trainer builds it: fused Adam/AdamW where supported)."""
+        return lambda params: build_optimizer(config.optimizer, params, config.lr, config.optimizer_kwargs)
 
     def metadata(self, variant: str) -> Dict[str, Any]:
         """What a checkpoint records about its run (read back by the ``eval`` commands)."""

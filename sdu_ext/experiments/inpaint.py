@@ -54,6 +54,7 @@ from ..evaluate import inpainting as metrics
 from ..presets import InpaintPreset, get_inpaint_preset
 from ..train import DescentConstraints
 from ..train.checkpoint import atomic_save, atomic_write_json
+from ..train.optim import build_optimizer
 from . import claims, report
 from .common import (Budget, CLIError, Experiment, RunOptions, check_options, check_resume, load_weights,
                      read_checkpoint, seeds_of, start_reproduction, train_variant, train_variants)
@@ -212,20 +213,20 @@ def pretrain_glow(preset: InpaintPreset, data, path: Optional[str] = None, *, re
 
 
 def optimizer_factory(model: nn.Module, train, method) -> Callable:
-    """``factory(params) -> torch.optim`` optimizer of ``train.optimizer``: the step sizes
-    (``mu_raw``, ``lam_raw``) at ``method.step_lr`` and the other parameters at ``train.lr``,
-    in two parameter groups (one group when ``step_lr`` is None)."""
-    cls = getattr(torch.optim, train.optimizer)
+    """``factory(params) -> torch.optim`` optimizer of ``train.optimizer`` (fused Adam/AdamW where
+    supported, as :func:`sdu_ext.train.optim.build_optimizer`): the step sizes (``mu_raw``,
+    ``lam_raw``) at ``method.step_lr`` and the other parameters at ``train.lr``, in two parameter
+    groups (one group when ``step_lr`` is None)."""
     steps = {id(p) for layer in model.layers for p in (layer.mu_raw, layer.lam_raw)}
 
     def make(params):
         params = list(params)
         if method.step_lr is None:
-            return cls(params, lr=train.lr, **train.optimizer_kwargs)
+            return build_optimizer(train.optimizer, params, train.lr, train.optimizer_kwargs)
         weights = [p for p in params if id(p) not in steps]
         sizes = [p for p in params if id(p) in steps]
         groups = [g for g in ({"params": weights}, {"params": sizes, "lr": method.step_lr}) if g["params"]]
-        return cls(groups, lr=train.lr, **train.optimizer_kwargs)
+        return build_optimizer(train.optimizer, groups, train.lr, train.optimizer_kwargs)
 
     return make
 
