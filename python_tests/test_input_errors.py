@@ -73,12 +73,13 @@ MISUSES = {
         lambda: ME.run_iterates(_lista(), _x(), batch_size=0), "batch_size", r"expected an integer >= 1, got 0$"),
     "run_iterates-batch_size-negative": Misuse(  # was: "torch.cat(): expected a non-empty list of Tensors"
         lambda: ME.run_iterates(_lista(), _x(), batch_size=-1), "batch_size", r"expected an integer >= 1, got -1$"),
-    "run_iterates-batch_size-float": Misuse(  # was: TypeError "'float' object cannot be interpreted as an integer"
+    "run_iterates-batch_size-float": Misuse(  # was: TypeError "'float' object cannot be interpreted as ..."
         lambda: ME.run_iterates(_lista(), _x(), batch_size=1.5), "batch_size", r"expected an integer >= 1, got 1\.5$"),
     "run_iterates-batch_size-bool": Misuse(  # was: silent (True ran batches of one)
         lambda: ME.run_iterates(_lista(), _x(), batch_size=True), "batch_size", r"expected an integer >= 1, got True$"),
     "evaluate_model-batch_size-zero": Misuse(
-        lambda: ME.evaluate_model(_lista(), _x(), _y(), batch_size=0), "batch_size", r"expected an integer >= 1, got 0$"),
+        lambda: ME.evaluate_model(_lista(), _x(), _y(), batch_size=0), "batch_size",
+        r"expected an integer >= 1, got 0$"),
     "evaluate_model-x-list": Misuse(
         lambda: ME.evaluate_model(_lista(), _x().tolist(), _y()), "x", r"expected a tensor \(N, n\), got list$"),
     "nmse_db-estimates-list": Misuse(  # was: AttributeError "'list' object has no attribute 'dim'"
@@ -87,7 +88,8 @@ MISUSES = {
     "nmse_db-reference-list": Misuse(  # was: AttributeError
         lambda: ME.nmse_db(_iterates(), _y().tolist()), "reference", r"expected a tensor \(N, m\), got list$"),
     "descending_frequency-reference-list": Misuse(
-        lambda: ME.descending_frequency(_iterates(), _y().tolist()), "reference", r"expected a tensor \(N, m\), got list$"),
+        lambda: ME.descending_frequency(_iterates(), _y().tolist()), "reference",
+        r"expected a tensor \(N, m\), got list$"),
     "layer_metrics-x-list": Misuse(  # was: AttributeError "'list' object has no attribute 'unsqueeze'"
         lambda: ME.layer_metrics(_iterates(), _x().tolist(), _y(), _lista().problem), "x",
         r"expected a tensor \(N, n\), got list$"),
@@ -105,7 +107,8 @@ MISUSES = {
         lambda: RO.perturbed_iterates(_lista(), _x(), 1.0, torch.Generator(), batch_size=-2), "batch_size",
         r"expected an integer >= 1, got -2$"),
     "perturbation_sweep-x-list": Misuse(
-        lambda: RO.perturbation_sweep(_lista(), _x().tolist(), _y(), [1.0]), "x", r"expected a tensor \(N, n\), got list$"),
+        lambda: RO.perturbation_sweep(_lista(), _x().tolist(), _y(), [1.0]), "x",
+        r"expected a tensor \(N, n\), got list$"),
     "perturbation_sweep-y_star-list": Misuse(
         lambda: RO.perturbation_sweep(_lista(), _x(), _y().tolist(), [1.0]), "y_star",
         r"expected a tensor \(N, m\), got list$"),

@@ -12,7 +12,8 @@ import torch
 
 __all__ = ["check_int", "check_real", "check_choice", "check_eps", "check_layers", "check_count", "check_positive",
            "check_instance", "check_callable", "check_directory", "check_number", "check_finite_tensor",
-           "check_tensor", "check_training_data", "check_generator", "choices", "describe", "is_int", "is_real", "is_plain_real"]
+           "check_tensor", "check_training_data", "check_generator", "choices", "describe", "is_int", "is_real",
+           "is_plain_real"]
 
 
 def choices(values):
@@ -173,8 +174,8 @@ def check_training_data(data, name):
     samples whose first entries are tensors."""
     expected = "a tuple of tensors with one first dimension such as (x (N, n), y_star (N, m)), or a Dataset"
     if isinstance(data, torch.Tensor):
-        raise ValueError(f"{name}: expected {expected}, got a single tensor of shape {tuple(data.shape)}; pass (x, y_star), "
-                         "or (x,) for a loss that needs no targets")
+        raise ValueError(f"{name}: expected {expected}, got a single tensor of shape {tuple(data.shape)}; "
+                         "pass (x, y_star), or (x,) for a loss that needs no targets")
     if isinstance(data, (tuple, list)) and not all(isinstance(t, torch.Tensor) for t in data):
         tensors = any(isinstance(t, torch.Tensor) for t in data)
         bad = [i for i, t in enumerate(data) if not isinstance(t, torch.Tensor) and (tensors or _rows_of_numbers(t))]

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..flows import Glow, GlowConfig
 from ..checks import check_generator
+from ..flows import Glow, GlowConfig
 from .noise import _check_sigma, _randn
 
 GRAD_X_WEIGHT = 200.0  # d/dx of 100 ||y - A x||^2 is 200 A^T (A x - y)
