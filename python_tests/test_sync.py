@@ -196,3 +196,16 @@ def test_weights_do_not_depend_on_check_every(kw):
 def test_check_every_must_be_a_positive_integer(bad):
     with pytest.raises(ValueError, match=rf"check_every: expected an integer >= 1, got {bad!r}"):
         TrainConfig(check_every=bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_nonfinite_layers_matches_elementwise_check(dtype, rng):
+    from sdu_ext.train.finite import nonfinite_layers
+    bad = [float("nan"), float("inf"), -float("inf")]
+    for _ in range(20):
+        it = rng.randn(6, 5, 33).to(dtype)
+        for _ in range(int(rng.randint(0, 4, (1,)))):
+            where = tuple(int(rng.randint(0, s, (1,))) for s in it.shape)
+            it[where] = bad[int(rng.randint(0, 3, (1,)))]
+        want = (~torch.isfinite(it)).flatten(1).any(dim=1)
+        assert torch.equal(nonfinite_layers(it), want), f"[{rng!r}]"

@@ -28,9 +28,9 @@ def _fail(what, epoch, layer=None, extra=""):
 
 def nonfinite_layers(iterates: torch.Tensor) -> torch.Tensor:
     """(L+1,) bool: True where the iterate (L+1, B, ...) of that layer holds a NaN or an Inf
-    (one min/max pass, no host read)."""
-    lo, hi = torch.aminmax(iterates.detach().flatten(1), dim=1)
-    return ~(torch.isfinite(lo) & torch.isfinite(hi))
+    (max and min propagate NaN; no host read). Two reductions: ``aminmax`` is ~4x slower on CPU."""
+    flat = iterates.detach().flatten(1)
+    return ~(torch.isfinite(flat.amax(dim=1)) & torch.isfinite(flat.amin(dim=1)))
 
 
 def check_loss(value, iterates, epoch, batch_index, what="task loss", bad_layers=None):

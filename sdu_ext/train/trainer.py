@@ -82,8 +82,8 @@ class PrimalDualTrainer:
             the model).
         multipliers: initial multipliers, a dict group name -> (K,) values >= 0 or a
             :class:`~sdu_ext.train.Multiplier` of size K (K = the group's constrained layers;
-            a Multiplier brings its own dual optimizer); default: zeros stepped by
-            ``nu <- max(0, nu + lr_dual * c)``.
+            a Multiplier brings its own dual optimizer and is moved to the trainer's device);
+            default: zeros stepped by ``nu <- max(0, nu + lr_dual * c)``.
     One step: :meth:`step` (a primal step on one batch, plus the dual step when due).
     After :meth:`fit`: ``history`` (list of per-epoch rows), ``multipliers`` and
     ``slacks`` (dict group name -> (K,) float64, one entry per constrained layer),
@@ -317,8 +317,8 @@ class PrimalDualTrainer:
         Lagrangian of the current epoch's mode, eps and layer-wise stage, then the dual step
         when ``dual_every="batch"`` in constrained mode. Outside :meth:`fit` the first call
         builds the optimizer (nothing is seeded). Returns ``{"loss": global mean task loss,
-        "lagrangian": its value, "constraints": {group: (L,) float64 values}}``; raises
-        :class:`NonFiniteError` like :meth:`fit`."""
+        "lagrangian": its value, "constraints": {group: (L,) float64 values on the CPU}}``; raises
+        :class:`NonFiniteError` like :meth:`fit`, at the end of the call whatever ``check_every``."""
         epoch = self.epoch
         if self.optimizer is None:
             self.stage = self._stage_of(epoch)
