@@ -250,7 +250,8 @@ def test_bad_device_threads_and_missing_command(tmp_path, capsys):
 
 
 def test_default_threads_follow_the_idle_cores(tmp_path, capsys, monkeypatch):
-    """Without --threads the CLI sets torch's threads to the idle cores and says so; --threads wins."""
+    """Without --threads the CLI sets torch's threads to the idle cores and says so on stdout (stderr
+    keeps errors and warnings alone); --threads wins."""
     import os
 
     import torch
@@ -262,14 +263,14 @@ def test_default_threads_follow_the_idle_cores(tmp_path, capsys, monkeypatch):
     missing = str(tmp_path / "missing")
     try:
         assert cli.main(["lista", "eval", "--checkpoint", missing]) == 2
-        err = capsys.readouterr().err
+        out = capsys.readouterr().out
         assert torch.get_num_threads() == 1  # 4 cores less a load of 2.6 (3 busy)
-        assert "using 1 torch thread: 1 of 4 available cores (1-minute load 2.6); --threads N overrides" in err
+        assert "using 1 torch thread: 1 of 4 available cores (1-minute load 2.6); --threads N overrides" in out
         monkeypatch.setattr(os, "getloadavg", lambda: (0.4, 0.0, 0.0))
         assert cli.main(["lista", "eval", "--checkpoint", missing]) == 2
-        assert torch.get_num_threads() == 4 and "using 4 torch threads" in capsys.readouterr().err
+        assert torch.get_num_threads() == 4 and "using 4 torch threads" in capsys.readouterr().out
         assert cli.main(["lista", "eval", "--checkpoint", missing, "--threads", "3"]) == 2
-        assert torch.get_num_threads() == 3 and "torch thread" not in capsys.readouterr().err
+        assert torch.get_num_threads() == 3 and "torch thread" not in capsys.readouterr().out
     finally:
         torch.set_num_threads(before)
 

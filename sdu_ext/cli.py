@@ -233,7 +233,7 @@ def _set_threads(threads: Optional[int]) -> bool:
 
         threads, why = thread_choice()
         print(f"sdu-ext: using {threads} torch thread{'s' if threads != 1 else ''}: {why}; --threads N overrides",
-              file=sys.stderr)
+              flush=True)
     torch.set_num_threads(threads)
     return False
 
