@@ -371,7 +371,8 @@ class PrimalDualTrainer:
 
         ``callback(trainer, row)`` runs after every epoch, once its checkpoint is written;
         returning True stops training (the run can be resumed later). Returns ``history``.
-        Raises :class:`NonFiniteError` on a NaN/Inf loss, constraint value or multiplier.
+        Raises :class:`NonFiniteError` on a NaN/Inf loss, constraint value or multiplier
+        (found every ``config.check_every`` steps, naming the first bad epoch, batch and layer).
         """
         cfg = self.config
         path = os.path.join(cfg.checkpoint_dir, LAST) if cfg.checkpoint_dir else None
@@ -471,9 +472,9 @@ class PrimalDualTrainer:
                 bar.update(1)
                 if read:  # the loss shown is the last read one: the bar adds no host read of its own
                     bar.set_postfix(loss=f"{stats.loss():.4g}")
-        self._finite.read()
         if bar is not None:
             bar.close()
+        self._finite.read()  # the epoch's last checks, before anything is logged or saved
         if steps == 0:
             raise ValueError(f"batch_size: no training batch in an epoch ({len(self.train_data)} samples, "
                              f"batch_size={cfg.batch_size}, drop_last={cfg.drop_last}, {self.world} ranks)")
