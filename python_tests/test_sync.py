@@ -172,6 +172,28 @@ def test_public_step_reads_at_once():
         trainer.step((x[:16], y[:16]))
 
 
+def test_public_step_without_reads():
+    D, (x, y), _ = W.make_problem(seed=0, n_train=N_TRAIN, n_val=16)
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, N_TRAIN, 16)]
+    eager, deferred = make_trainer(16, check_every=8), make_trainer(16, check_every=8)
+    want = [eager.step(b) for b in batches]
+    with counting_reads() as counts:
+        got = [deferred.step(b, read=False) for b in batches]
+    assert sum(counts.values()) == 2, counts  # the flags of calls 1-8 and 9-16
+    for w, g in zip(want, got):
+        assert g["loss"].dtype == g["lagrangian"].dtype == torch.float64
+        assert (w["loss"], w["lagrangian"]) == (float(g["loss"]), float(g["lagrangian"]))
+        assert torch.equal(w["constraints"]["descent"], g["constraints"]["descent"])
+    for (k, a), b in zip(eager.model.named_parameters(), deferred.model.parameters()):
+        assert torch.equal(a, b), k
+
+    poisoned_trainer = make_trainer(16, forward=poisoned(0, 2, 4), check_every=8)
+    for b in batches[:7]:
+        poisoned_trainer.step(b, read=False)  # call 3 is bad; nothing is read before call 8
+    with pytest.raises(NonFiniteError, match=r"non-finite task loss \(nan\) at epoch 1, layer 4 \(the first"):
+        poisoned_trainer.step(batches[7], read=False)
+
+
 # ---------------------------------------------------------------- training does not depend on it
 
 @pytest.mark.parametrize("kw", [dict(), dict(resilient=True, dual_every="batch", lr_schedule="plateau"),

@@ -117,7 +117,7 @@ class PrimalDualTrainer:
         self.groups = list(constraints) if constraints is not None else []
         for g in self.groups:
             check_instance(g, "constraints", DescentConstraints, "DescentConstraints")
-        names = [g.name for g in self.groups]
+        self._names = names = [g.name for g in self.groups]
         if len(set(names)) != len(names):
             raise ValueError(f"constraints: expected distinct group names, got {names}")
         if cfg.mode == "constrained" and not self.groups:
@@ -311,14 +311,17 @@ class PrimalDualTrainer:
             self._finite.multipliers(epoch, batch_index)
         return stats, c_all, lag
 
-    def step(self, batch) -> Dict[str, Any]:
+    def step(self, batch, read: bool = True) -> Dict[str, Any]:
         """One training step on ``batch`` (this rank's part of a global batch, as the items of
         ``train_data`` collate; moved to the trainer's device): the primal step on the
         Lagrangian of the current epoch's mode, eps and layer-wise stage, then the dual step
         when ``dual_every="batch"`` in constrained mode. Outside :meth:`fit` the first call
         builds the optimizer (nothing is seeded). Returns ``{"loss": global mean task loss,
         "lagrangian": its value, "constraints": {group: (L,) float64 values on the CPU}}``; raises
-        :class:`NonFiniteError` like :meth:`fit`, at the end of the call whatever ``check_every``."""
+        :class:`NonFiniteError` like :meth:`fit`, at the end of the call. With ``read=False``
+        nothing is read on the host: the loss and Lagrangian come back as 0-d float64 tensors
+        and the values stay on the device; the checks are read every ``check_every`` calls (and
+        by the next call with ``read=True``)."""
         epoch = self.epoch
         if self.optimizer is None:
             self.stage = self._stage_of(epoch)
@@ -327,9 +330,12 @@ class PrimalDualTrainer:
             self._wrap()
         self.model.train()
         stats, c_all, lag = self._step(to_device(batch, self.device), epoch, None, self._eps(epoch))
+        if not read:
+            self._finite.end_step()
+            return {"loss": stats.mean_loss(), "lagrangian": lag, "constraints": dict(zip(self._names, c_all))}
         self._finite.read()
         return {"loss": stats.loss(), "lagrangian": float(lag),
-                "constraints": {g.name: c.cpu() for g, c in zip(self.groups, c_all)}}
+                "constraints": {name: c.cpu() for name, c in zip(self._names, c_all)}}
 
     # -------------------------------------------------------------- estimates
 
@@ -531,14 +537,9 @@ class PrimalDualTrainer:
     def state_dict(self) -> Dict[str, Any]:
         """Everything :meth:`fit` needs to continue exactly (rank-local RNG states gathered)."""
         return {
-            "format": FORMAT,
-            "config": self.config.to_dict(),
-            "metadata": self.metadata,
-            "epoch": self.epoch,
-            "stage": self.stage,
-            "finished": self.finished,
-            "stopped_early": self._stopped,
-            "stop_reason": self.stop_reason,
+            "format": FORMAT, "config": self.config.to_dict(), "metadata": self.metadata,
+            "epoch": self.epoch, "stage": self.stage, "finished": self.finished,
+            "stopped_early": self._stopped, "stop_reason": self.stop_reason,
             "model": self._module().state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "dual": {"groups": [g.name for g in self.groups],
