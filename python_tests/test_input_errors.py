@@ -413,3 +413,20 @@ def test_resume_of_another_variant_is_refused_before_the_data_is_prepared(tmp_pa
     assert cli.main(["lista", "train", "--preset", "tiny", "--mode", "constrained", "--resume", "--quiet",
                      "--threads", "1", "--out", run, "--data-cache", cache_dir]) == 2
     assert "holds the 'standard' network, not 'constrained'" in capsys.readouterr().err
+
+
+def test_trainer_rejects_number_rows_at_construction():
+    """The trainer checks its data when it is made (not at its first batch)."""
+    from sdu_ext.models import LISTA
+    from sdu_ext.train import DescentConstraints, PrimalDualTrainer, TrainConfig
+
+    D = torch.randn(6, 10)
+    x, y = torch.randn(16, 6), torch.randn(16, 10)
+    model = LISTA(D, 0.1, num_layers=2)
+    cfg = TrainConfig(epochs=1, batch_size=8, progress=False, checkpoint_dir=None, log_dir=None, tensorboard=False)
+    for bad, name in (((x.tolist(), y.tolist()), "train_data"), ((x, y.tolist()), "train_data")):
+        with pytest.raises(ValueError, match=rf"{name}: expected a tuple of tensors (?s:.*)convert with torch.as_tensor"):
+            PrimalDualTrainer(model, bad, None, cfg, DescentConstraints())
+    with pytest.raises(ValueError, match=r"val_data: expected a tuple of tensors"):
+        PrimalDualTrainer(model, (x, y), (x.numpy(), y), cfg, DescentConstraints())
+    PrimalDualTrainer(model, (x, y), None, cfg, DescentConstraints())  # tensors are fine

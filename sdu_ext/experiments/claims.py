@@ -140,9 +140,16 @@ def assess_lista_claims(runs: Dict[str, List[dict]]) -> List[Dict[str, str]]:
     out.append(verdicts.claim("accuracy_cost", nw["verdict"],
                        "final-layer NMSE on the clean test set (dB; lower is better): "
                        + ", ".join(f"{label(v)} {_s(fin[v])}" for v in runs)
-                       + f"; constrained + noise loses {fmt(nw['loss'])} dB against standard (\"little\": at most "
+                       + f"; constrained + noise {_loss_words(nw['loss'])} against standard (\"little\": at most "
                          f"{CLOSE_DB:g} dB); rule: {nw['rule']}", ids=ids))
     return out
+
+
+def _loss_words(loss) -> str:
+    """``loss`` (dB lost against standard, mean over seeds; negative: a gain) in words."""
+    if loss is None or loss != loss:
+        return "loses an undetermined amount"
+    return f"loses {fmt(loss)} dB" if loss >= 0 else f"gains {fmt(-loss)} dB (a negative cost)"
 
 
 def _by_id(claims):
@@ -294,7 +301,7 @@ def assess_inpaint_claims(runs: Dict[str, List[dict]], first_layer: int, eps: fl
     out.append(verdicts.claim("accuracy_cost", nw["verdict"],
                        "final-layer PSNR on the clean test set (dB; higher is better): "
                        + ", ".join(f"{label(v)} {_s(fin[v])}" for v in trained)
-                       + f"; constrained loses {fmt(nw['loss'])} dB against standard (\"little\": at most "
+                       + f"; constrained {_loss_words(nw['loss'])} against standard (\"little\": at most "
                          f"{CLOSE_DB:g} dB); rule: {nw['rule']}", ids=ids))
     return out
 

@@ -4,6 +4,8 @@ from typing import List, Tuple
 
 import torch
 
+from ..checks import check_training_data
+
 __all__ = ["TrainingData", "to_device", "seed_for", "train_batches", "eval_batches", "world_and_rank",
            "check_targets"]
 
@@ -37,6 +39,8 @@ class TrainingData:
     per tensor), a TensorDataset, or any map-style Dataset (collated per batch)."""
 
     def __init__(self, data, name):
+        if not isinstance(data, torch.Tensor):  # one tensor stands for (tensor,)
+            check_training_data(data, name)
         if isinstance(data, torch.utils.data.TensorDataset):
             data = data.tensors
         if isinstance(data, torch.Tensor):
