@@ -381,3 +381,28 @@ def test_ctrl_c_message(tmp_path):
                     "`sdu-ext reproduce lista --preset tiny --out 'r d' --resume` continues")
     args = cli.build_parser().parse_args(["lista", "eval", "--checkpoint", "c"])
     assert cli._interrupted(KeyboardInterrupt(), ["lista", "eval", "--checkpoint", "c"], args) == "sdu-ext: interrupted"
+
+
+def test_reproduce_jobs_match_one_by_one(tmp_path, cache_dir, capsys):
+    """--jobs 2 --threads 2 trains the networks in 2 worker processes of 1 thread each: the same
+    histories and report numbers as --threads 1 one after the other (every run is seeded on its
+    own), and the report states the command with --jobs."""
+    base = ["reproduce", "lista", "--preset", "tiny", "--quiet", "--data-cache", cache_dir]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert cli.main(base + ["--out", str(one), "--threads", "1"]) == 0
+    assert cli.main(base + ["--out", str(two), "--threads", "2", "--jobs", "2"]) == 0
+    capsys.readouterr()
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
+    assert m1["claims"] == m2["claims"]
+    for variant, runs in m1["runs"].items():
+        for r1, r2 in zip(runs, m2["runs"][variant]):
+            assert r1["final_nmse_db"] == r2["final_nmse_db"] and r1["final_multipliers"] == r2["final_multipliers"]
+    for hist in sorted((one / "runs").glob("*/seed*/history.json")):
+        h1 = json.loads(hist.read_text())["history"]
+        h2 = json.loads((two / hist.relative_to(one)).read_text())["history"]
+        assert [{k: v for k, v in r.items() if k != "time_s"} for r in h1] == \
+               [{k: v for k, v in r.items() if k != "time_s"} for r in h2]
+    assert "--jobs 2" in (two / "report.md").read_text() and "--jobs" not in (one / "report.md").read_text()
+    assert cli.main(base + ["--out", str(tmp_path / "bad"), "--jobs", "0"]) == 2
+    assert "--jobs: expected an integer >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

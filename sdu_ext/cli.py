@@ -5,8 +5,8 @@
     sdu-ext lista robustness  --checkpoint runs/c [--preset quick] [--out DIR]
     sdu-ext inpaint train     --preset quick --mode constrained --out runs/g [--glow FILE]
     sdu-ext inpaint eval      --checkpoint runs/g [--preset quick] [--out DIR]
-    sdu-ext reproduce lista   --preset quick [--out runs/lista_quick] [--resume | --overwrite] [--time-budget S]
-    sdu-ext reproduce inpaint --preset quick [--out runs/inpaint_quick] [--resume | --overwrite]
+    sdu-ext reproduce lista   --preset quick [--out runs/lista_quick] [--resume | --overwrite] [--time-budget S] [--jobs N]
+    sdu-ext reproduce inpaint --preset quick [--out runs/inpaint_quick] [--resume | --overwrite] [--jobs N]
 
 Every command calls an entry point of :mod:`sdu_ext.experiments.lista` or
 :mod:`sdu_ext.experiments.inpaint` with a :class:`~sdu_ext.experiments.common.RunOptions`.
@@ -48,7 +48,8 @@ def _options(args: argparse.Namespace):
     return RunOptions(out=args.out, seed=args.seed, device=args.device, progress=not args.quiet,
                       data_cache=args.data_cache, resume=getattr(args, "resume", False),
                       overwrite=getattr(args, "overwrite", False), epochs=getattr(args, "epochs", None),
-                      threads=args.threads, time_budget=getattr(args, "time_budget", None))
+                      threads=args.threads, time_budget=getattr(args, "time_budget", None),
+                      jobs=getattr(args, "jobs", 1))
 
 
 # ---------------------------------------------------------------- commands
@@ -130,6 +131,9 @@ def _time_budget(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="stop training in time to evaluate and write the report within SECONDS (with the epochs "
                         "reached); --resume continues the runs")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="train N networks side by side in worker processes, each with the torch threads divided "
+                        "by N (default 1; small networks gain more from this than from threads)")
 
 
 def _mode(p: argparse.ArgumentParser) -> None:

@@ -59,6 +59,8 @@ class RunOptions:
     torch CPU threads (only stated in a report's command line; the CLI sets them).
     time_budget: seconds the whole command may take (None: no limit); training stops
     cleanly in time to evaluate and report with the epochs reached (``resume`` continues).
+    jobs: training runs side by side in worker processes (``reproduce`` only; each gets the
+    torch threads divided by ``jobs``, at least 1; results as with those threads one by one).
     """
 
     out: Optional[str] = None
@@ -71,6 +73,7 @@ class RunOptions:
     epochs: Optional[int] = None
     threads: Optional[int] = None
     time_budget: Optional[float] = None
+    jobs: int = 1
 
 
 class Experiment(abc.ABC):
@@ -174,6 +177,14 @@ class Budget:
         self.seconds, self.runs_left = seconds, runs
         self.end = None if seconds is None else time.perf_counter() + seconds * (1 - reserve)
 
+    def share(self, workers: int) -> Optional[float]:
+        """The seconds each of the remaining runs may train when ``workers`` run side by side
+        (None: no limit): what is left for training, in waves of ``workers`` runs."""
+        if self.end is None:
+            return None
+        waves = -(-max(self.runs_left, 1) // max(workers, 1))
+        return max(self.end - time.perf_counter(), 0.0) / waves
+
     def deadline(self) -> Optional[float]:
         """The stop time of the next run (and one run fewer is left after it)."""
         if self.end is None:
@@ -268,12 +279,15 @@ def train_variants(experiment: Experiment, out: str, options: RunOptions, device
     whether some run continued a checkpoint."""
     trained, histories, resumed = {}, {}, False
     variants = experiment.preset.variants
+    seeds = seeds_of(experiment.preset, options)
+    if options.jobs > 1:
+        return _train_parallel(experiment, out, options, device, timing, budget, seeds)
     # the networks without constraints first: they converge in fewer epochs, and under a time
     # budget what they leave of their share goes to the constrained ones (the results do not
     # depend on the order: every run is seeded on its own)
     for variant in sorted(variants, key=lambda v: VARIANTS[v][0] == "constrained"):
         t0 = time.perf_counter()
-        for seed in seeds_of(experiment.preset, options):
+        for seed in seeds:
             run_dir = os.path.join(out, "checkpoints", run_name(variant, seed))
             resumed |= options.resume and os.path.isfile(os.path.join(run_dir, "last.pt"))
             model, summary, history = train_variant(
@@ -283,6 +297,32 @@ def train_variants(experiment: Experiment, out: str, options: RunOptions, device
             histories.setdefault(variant, []).append(history)
             copy_logs(run_dir, os.path.join(out, "runs", run_name(variant, seed)))
         timing[f"train_{variant}_seconds"] = time.perf_counter() - t0
+    return {v: trained[v] for v in variants}, {v: histories[v] for v in variants}, resumed
+
+
+def _train_parallel(experiment: Experiment, out: str, options: RunOptions, device: str, timing: Dict[str, Any],
+                    budget: Optional[Budget], seeds: List[int]):
+    """:func:`train_variants` with ``options.jobs`` worker processes (:mod:`.jobs`), the
+    constrained networks first (they take longest); each worker gets ``threads // jobs`` torch
+    threads (at least 1). ``timing`` gets the seconds of each variant's runs, summed."""
+    from .jobs import train_parallel
+
+    variants = experiment.preset.variants
+    order = sorted(variants, key=lambda v: VARIANTS[v][0] != "constrained")
+    jobs = [(v, seed, os.path.join(out, "checkpoints", run_name(v, seed)), options.resume)
+            for v in order for seed in seeds]
+    resumed = options.resume and any(os.path.isfile(os.path.join(j[2], "last.pt")) for j in jobs)
+    workers = min(options.jobs, len(jobs))
+    share = None if budget is None else budget.share(workers)
+    done = lambda job: copy_logs(job[2], os.path.join(out, "runs", run_name(job[0], job[1])))  # noqa: E731
+    runs = train_parallel(train_variant, experiment, jobs, workers, max(1, torch.get_num_threads() // workers), device,
+                          share=share, progress=options.progress, done=done)
+    trained, histories = {}, {}
+    for (variant, seed, _, _), (model, summary, history) in zip(jobs, runs):
+        trained.setdefault(variant, []).append((model, dict(summary, seed=seed)))
+        histories.setdefault(variant, []).append(history)
+    for v in variants:
+        timing[f"train_{v}_seconds"] = float(sum(s["seconds"] for _, s in trained[v]))
     return {v: trained[v] for v in variants}, {v: histories[v] for v in variants}, resumed
 
 
@@ -303,6 +343,8 @@ def check_options(preset, options: RunOptions, markers: Optional[Sequence[str]] 
     device = check_device(options.device)
     check_seed(options.seed)
     check_time_budget(options.time_budget)
+    if isinstance(options.jobs, bool) or not isinstance(options.jobs, int) or options.jobs < 1:
+        raise CLIError(f"--jobs: expected an integer >= 1, got {options.jobs!r}")
     cache = check_data_cache(options.data_cache)
     out = options.out
     if markers is not None:

@@ -183,7 +183,7 @@ def report_tail(timing: Dict[str, Any], kept: str) -> List[str]:
     return ["## Timing", "",
             table(["phase", "seconds"], [[k.replace("_seconds", ""), f"{v:.1f}"] for k, v in timing.items()
                                           if k.endswith("_seconds") and k != "cpu_seconds"]), "",
-            *([f"CPU time of the process (user + system, all threads): {cpu:.0f} s; on idle cores the wall-clock "
+            *([f"CPU time of the process and its worker processes (user + system, all threads): {cpu:.0f} s; on idle cores the wall-clock "
                "time is about this divided by the number of threads that ran in parallel (a shared machine "
                "stretches the wall-clock time, not the CPU time).", ""] if cpu is not None else []),
             "## Files", "",
@@ -212,13 +212,15 @@ def report_command(kind: str, preset, options, out: str) -> str:
     return f"sdu-ext reproduce {kind} --preset {preset.name}" + (f" --seed {options.seed}" if options.seed else "") \
         + (f" --epochs {options.epochs}" if options.epochs is not None else "") \
         + (f" --threads {options.threads}" if options.threads is not None else "") \
-        + (f" --time-budget {options.time_budget:g}" if options.time_budget is not None else "") + f" --out {out}"
+        + (f" --time-budget {options.time_budget:g}" if options.time_budget is not None else "") \
+        + (f" --jobs {options.jobs}" if getattr(options, "jobs", 1) != 1 else "") + f" --out {out}"
 
 
 def cpu_seconds() -> float:
-    """User + system CPU seconds of this process so far (all threads)."""
+    """User + system CPU seconds of this process so far (all threads) and of its ended worker
+    processes (``--jobs``)."""
     t = os.times()
-    return t.user + t.system
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def finish_report(out: str, results: Dict[str, Any]) -> int:
