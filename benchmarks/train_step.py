@@ -1,12 +1,13 @@
 """One LISTA training step, side by side: sdu_ext's trainer against eager, torch.compile and the GEMM floor.
 
 Providers (one run, same shapes, same thread count)
-    sdu_ext   ``PrimalDualTrainer.step(batch)``: the package's own training step
-              (fused ops, its noise hook, its optimizer and dual step); each step gets a
-              fresh copy of the batch, as in training, so per-batch work is not cached
+    sdu_ext   ``PrimalDualTrainer.step(batch, read=False)`` with ``check_every=64``: the
+              package's own training step (fused ops, its noise hook, its optimizer and dual
+              step) without a host read inside the step; each step gets a fresh copy of the
+              batch, as in training, so per-batch work is not cached
     unopt     the same step on the unoptimised path of before issue 13: the single-tensor
-              Adam loop (``optimizer_kwargs={"fused": False}``) and the residual form of
-              the noise rule (``LogGradientNoise(gram=False)``)
+              Adam loop (``optimizer_kwargs={"fused": False}``), the residual form of
+              the noise rule (``LogGradientNoise(gram=False)``) and host reads every step
     eager     a clean PyTorch composition of the same step built from ``sdu_ext.reference``
               (Python-list iterates stacked, reference soft-threshold and constraints,
               the research noise rule with two GEMMs per layer, ``torch.optim.Adam``
@@ -153,13 +154,14 @@ class TrainerStep:
         noise = LogGradientNoise(model.D, gram=None if fast else False) if kind == "constrained_noise" else None
         cfg = TrainConfig(epochs=1, batch_size=p.x.shape[0], lr=LR, lr_dual=LR_DUAL, mode=mode,
                           dual_every="batch", device=device, progress=False, seed=0,
-                          optimizer_kwargs={} if fast else {"fused": False})
+                          optimizer_kwargs={} if fast else {"fused": False}, check_every=64 if fast else 1)
         constraints = DescentConstraints("distance", FORM, eps=EPS) if mode == "constrained" else None
         self.trainer = PrimalDualTrainer(model, (p.x, p.y_star), None, cfg, constraints, noise=noise)
         self.batch = (p.x, p.y_star)
+        self.read = not fast  # sdu_ext: no host read inside the step (finiteness read every 64 steps)
 
     def __call__(self):
-        return self.trainer.step((self.batch[0].clone(), self.batch[1]))
+        return self.trainer.step((self.batch[0].clone(), self.batch[1]), read=self.read)
 
 
 # ---------------------------------------------------------------- floor
