@@ -71,7 +71,7 @@ def train_once(config: str, epochs: int, cores: int, cache: str) -> dict:
             raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
         with open(os.path.join(out, "history.json")) as f:
             times = [float(r["time_s"]) for r in json.load(f)["history"]]
-        chosen = re.search(r"using (\d+) torch thread", proc.stderr)
+        chosen = re.search(r"using (\d+) torch thread", proc.stdout + proc.stderr)
         threads = int(chosen.group(1)) if chosen else int(_threads_arg(config, cores)[1])
         return {"times": times, "threads": threads, "load1": load}
     finally:
