@@ -5,7 +5,8 @@
     sdu-ext lista robustness  --checkpoint runs/c [--preset quick] [--out DIR]
     sdu-ext inpaint train     --preset quick --mode constrained --out runs/g [--glow FILE]
     sdu-ext inpaint eval      --checkpoint runs/g [--preset quick] [--out DIR]
-    sdu-ext reproduce lista   --preset quick [--out runs/lista_quick] [--resume | --overwrite] [--time-budget S] [--jobs N]
+    sdu-ext reproduce lista   --preset quick [--out runs/lista_quick] [--resume | --overwrite] [--jobs N]
+                              [--time-budget S]
     sdu-ext reproduce inpaint --preset quick [--out runs/inpaint_quick] [--resume | --overwrite] [--jobs N]
 
 Every command calls an entry point of :mod:`sdu_ext.experiments.lista` or

@@ -246,8 +246,8 @@ def train_variant(experiment: Experiment, variant: str, run_dir: str, *, seed: i
         if str(e).startswith("resume:"):
             raise CLIError(f"{e}; pass --overwrite instead of --resume to start {run_dir!r} afresh") from e
         raise
-    why = ("time budget" if budget_stop else {"plateau": "converged", "patience": "patience"}.get(
-        trainer.stop_reason or "", "epochs" if len(history) >= cfg.epochs else "patience"))
+    why = "time budget" if budget_stop else {"plateau": "converged", "patience": "patience"}.get(
+        trainer.stop_reason, "epochs")
     summary = {"epochs": len(history), "max_epochs": experiment.preset.train.epochs, "stop": why,
                "best_epoch": trainer.best_epoch, "best_val_loss": trainer.best_loss,
                "final_lr": float(trainer.optimizer.param_groups[0]["lr"]) if trainer.optimizer is not None else None,
@@ -273,57 +273,48 @@ def train_variants(experiment: Experiment, out: str, options: RunOptions, device
                    ) -> Tuple[Dict[str, List[Tuple[nn.Module, Dict[str, Any]]]], Dict[str, List[List[dict]]], bool]:
     """Every variant of the preset for each of its seeds (:func:`seeds_of`), trained by
     :func:`train_variant` into ``out/checkpoints/<variant>/seed<s>`` with its logs copied to
-    ``out/runs/<variant>/seed<s>``; the seconds of each variant (all seeds) go into
-    ``timing``; ``budget`` gives each run its deadline. Returns ``(trained, histories,
-    resumed)``: variant -> [(model, summary) per seed], variant -> [history per seed], and
-    whether some run continued a checkpoint."""
-    trained, histories, resumed = {}, {}, False
+    ``out/runs/<variant>/seed<s>``; the seconds of each variant (its runs, summed) go into
+    ``timing``; ``budget`` gives each run its deadline. With ``options.jobs`` > 1 the runs go
+    to that many worker processes (:mod:`.jobs`) of ``threads // jobs`` torch threads each.
+    Returns ``(trained, histories, resumed)``: variant -> [(model, summary) per seed],
+    variant -> [history per seed], and whether some run continued a checkpoint."""
     variants = experiment.preset.variants
-    seeds = seeds_of(experiment.preset, options)
-    if options.jobs > 1:
-        return _train_parallel(experiment, out, options, device, timing, budget, seeds)
-    # the networks without constraints first: they converge in fewer epochs, and under a time
-    # budget what they leave of their share goes to the constrained ones (the results do not
-    # depend on the order: every run is seeded on its own)
-    for variant in sorted(variants, key=lambda v: VARIANTS[v][0] == "constrained"):
-        t0 = time.perf_counter()
-        for seed in seeds:
-            run_dir = os.path.join(out, "checkpoints", run_name(variant, seed))
-            resumed |= options.resume and os.path.isfile(os.path.join(run_dir, "last.pt"))
-            model, summary, history = train_variant(
-                experiment, variant, run_dir, seed=seed, device=device, resume=options.resume,
-                progress=options.progress, deadline=None if budget is None else budget.deadline())
-            trained.setdefault(variant, []).append((model, dict(summary, seed=seed)))
-            histories.setdefault(variant, []).append(history)
-            copy_logs(run_dir, os.path.join(out, "runs", run_name(variant, seed)))
-        timing[f"train_{variant}_seconds"] = time.perf_counter() - t0
-    return {v: trained[v] for v in variants}, {v: histories[v] for v in variants}, resumed
-
-
-def _train_parallel(experiment: Experiment, out: str, options: RunOptions, device: str, timing: Dict[str, Any],
-                    budget: Optional[Budget], seeds: List[int]):
-    """:func:`train_variants` with ``options.jobs`` worker processes (:mod:`.jobs`), the
-    constrained networks first (they take longest); each worker gets ``threads // jobs`` torch
-    threads (at least 1). ``timing`` gets the seconds of each variant's runs, summed."""
-    from .jobs import train_parallel
-
-    variants = experiment.preset.variants
-    order = sorted(variants, key=lambda v: VARIANTS[v][0] != "constrained")
+    parallel = options.jobs > 1
+    # one by one: the networks without constraints first (they converge in fewer epochs, and
+    # under a time budget what they leave of their share goes to the constrained ones); side by
+    # side: the constrained ones first (they take longest). The results do not depend on the
+    # order: every run is seeded on its own.
+    order = sorted(variants, key=lambda v: (VARIANTS[v][0] == "constrained") != parallel)
     jobs = [(v, seed, os.path.join(out, "checkpoints", run_name(v, seed)), options.resume)
-            for v in order for seed in seeds]
-    resumed = options.resume and any(os.path.isfile(os.path.join(j[2], "last.pt")) for j in jobs)
-    workers = min(options.jobs, len(jobs))
-    share = None if budget is None else budget.share(workers)
-    done = lambda job: copy_logs(job[2], os.path.join(out, "runs", run_name(job[0], job[1])))  # noqa: E731
-    runs = train_parallel(train_variant, experiment, jobs, workers, max(1, torch.get_num_threads() // workers), device,
-                          share=share, progress=options.progress, done=done)
-    trained, histories = {}, {}
-    for (variant, seed, _, _), (model, summary, history) in zip(jobs, runs):
-        trained.setdefault(variant, []).append((model, dict(summary, seed=seed)))
-        histories.setdefault(variant, []).append(history)
-    for v in variants:
-        timing[f"train_{v}_seconds"] = float(sum(s["seconds"] for _, s in trained[v]))
-    return {v: trained[v] for v in variants}, {v: histories[v] for v in variants}, resumed
+            for v in order for seed in seeds_of(experiment.preset, options)]
+    resumed = options.resume and any(os.path.isfile(os.path.join(job[2], "last.pt")) for job in jobs)
+
+    def logs(job):
+        copy_logs(job[2], os.path.join(out, "runs", run_name(job[0], job[1])))
+
+    if parallel:
+        from .jobs import train_parallel
+
+        workers = min(options.jobs, len(jobs))
+        runs = train_parallel(train_variant, experiment, jobs, workers, max(1, torch.get_num_threads() // workers),
+                              device, share=None if budget is None else budget.share(workers),
+                              progress=options.progress, done=logs)
+        seconds = [summary["seconds"] for _, summary, _ in runs]  # the workers' own clocks
+    else:
+        runs, seconds = [], []
+        for job in jobs:
+            t0 = time.perf_counter()
+            runs.append(train_variant(experiment, job[0], job[2], seed=job[1], device=device, resume=job[3],
+                                      progress=options.progress,
+                                      deadline=None if budget is None else budget.deadline()))
+            logs(job)
+            seconds.append(time.perf_counter() - t0)
+    trained, histories = {v: [] for v in variants}, {v: [] for v in variants}
+    for (variant, seed, _, _), (model, summary, history), t in zip(jobs, runs, seconds):
+        trained[variant].append((model, dict(summary, seed=seed)))
+        histories[variant].append(history)
+        timing[f"train_{variant}_seconds"] = timing.get(f"train_{variant}_seconds", 0.0) + t
+    return trained, histories, resumed
 
 
 # ---------------------------------------------------------------- options

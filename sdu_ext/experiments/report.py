@@ -183,9 +183,10 @@ def report_tail(timing: Dict[str, Any], kept: str) -> List[str]:
     return ["## Timing", "",
             table(["phase", "seconds"], [[k.replace("_seconds", ""), f"{v:.1f}"] for k, v in timing.items()
                                           if k.endswith("_seconds") and k != "cpu_seconds"]), "",
-            *([f"CPU time of the process and its worker processes (user + system, all threads): {cpu:.0f} s; on idle cores the wall-clock "
-               "time is about this divided by the number of threads that ran in parallel (a shared machine "
-               "stretches the wall-clock time, not the CPU time).", ""] if cpu is not None else []),
+            *([f"CPU time of the process and its worker processes (user + system, all threads): {cpu:.0f} s; "
+               "on idle cores the wall-clock time is about this divided by the number of threads that ran in "
+               "parallel (a shared machine stretches the wall-clock time, not the CPU time).", ""]
+              if cpu is not None else []),
             "## Files", "",
             "`metrics.json` (every number above), `config.json` (the preset), `plots/`, "
             "`runs/<network>/history.{csv,json}` (per-epoch logs). " + kept, ""]
@@ -213,7 +214,7 @@ def report_command(kind: str, preset, options, out: str) -> str:
         + (f" --epochs {options.epochs}" if options.epochs is not None else "") \
         + (f" --threads {options.threads}" if options.threads is not None else "") \
         + (f" --time-budget {options.time_budget:g}" if options.time_budget is not None else "") \
-        + (f" --jobs {options.jobs}" if getattr(options, "jobs", 1) != 1 else "") + f" --out {out}"
+        + (f" --jobs {options.jobs}" if options.jobs != 1 else "") + f" --out {out}"
 
 
 def cpu_seconds() -> float:

@@ -169,7 +169,6 @@ class PrimalDualTrainer:
         self._best_state = None
         self._stale = 0
         self._schedule = make_schedule(cfg)
-        self._stopped = False
         self.stop_reason: Optional[str] = None  # "plateau" (lr schedule) or "patience" once stopped early
         self.finished = False
         self._shuffle_seed = cfg.seed
@@ -306,10 +305,13 @@ class PrimalDualTrainer:
         lagrangian.backward()
         self.optimizer.step()
         if constrained and cfg.dual_every == "batch":
-            for c, idx, dual in zip(c_all, self._index, self.duals):
-                dual.step(c[idx])
+            self._dual_step(c_all)
             self._finite.multipliers(epoch, batch_index)
         return stats, c_all, lag
+
+    def _dual_step(self, c_all):
+        for c, idx, dual in zip(c_all, self._index, self.duals):
+            dual.step(c[idx])
 
     def step(self, batch, read: bool = True) -> Dict[str, Any]:
         """One training step on ``batch`` (this rank's part of a global batch, as the items of
@@ -408,7 +410,7 @@ class PrimalDualTrainer:
 
     def _fresh_start(self):
         cfg = self.config
-        self.epoch, self.history, self.finished, self._stopped, self.stop_reason = 0, [], False, False, None
+        self.epoch, self.history, self.finished, self.stop_reason = 0, [], False, None
         self.best_loss = self.best_epoch = self._best_state = None
         self._stale, self._schedule = 0, make_schedule(cfg)
         seed = cfg.seed
@@ -490,8 +492,7 @@ class PrimalDualTrainer:
             check_loss(train_stats.loss(), None, epoch, None, "task loss (training-set estimate)")
             c_all = [train_stats.values(i, e) for i, e in enumerate(eps)]
             check_values(self.groups, self._active, c_all, epoch, None, "constraint value (training-set estimate)")
-            for c, idx, dual in zip(c_all, self._index, self.duals):
-                dual.step(c[idx])
+            self._dual_step(c_all)
             check_multipliers(self.groups, self.duals, epoch, "after the dual step")
 
         check_state(self._module(), self.optimizer, epoch)
@@ -514,7 +515,6 @@ class PrimalDualTrainer:
             self._stale += 1
         stop = ((plateau or cfg.patience is not None and self._stale >= cfg.patience)
                 and (stage is None or stage == self.num_layers))
-        self._stopped = stop
         self.stop_reason = ("plateau" if plateau else "patience") if stop else None
         self.finished = stop or self.epoch >= cfg.epochs
 
@@ -539,7 +539,7 @@ class PrimalDualTrainer:
         return {
             "format": FORMAT, "config": self.config.to_dict(), "metadata": self.metadata,
             "epoch": self.epoch, "stage": self.stage, "finished": self.finished,
-            "stopped_early": self._stopped, "stop_reason": self.stop_reason,
+            "stopped_early": self.stop_reason is not None, "stop_reason": self.stop_reason,
             "model": self._module().state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "dual": {"groups": [g.name for g in self.groups],
@@ -593,8 +593,7 @@ class PrimalDualTrainer:
         if self._schedule is not None and state.get("lr_schedule") is not None:
             self._schedule.load_state_dict(state["lr_schedule"])
         self.history = list(state["history"])
-        self._stopped = bool(state["stopped_early"])
-        self.stop_reason = state.get("stop_reason", "patience" if self._stopped else None)
-        self.finished = self._stopped or self.epoch >= cfg.epochs
+        self.stop_reason = state.get("stop_reason", "patience" if state["stopped_early"] else None)
+        self.finished = self.stop_reason is not None or self.epoch >= cfg.epochs
         set_rng_state(state["rng"], self.device, self.noise, self.world, self.rank,
                       (self._shuffle_seed, 10_000 + self.epoch))
