@@ -98,3 +98,67 @@ def test_reproduce_inpaint_tiny_on_cuda(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["models"]) >= {"constrained", "standard"}
     assert (out / "report.md").is_file()
+
+
+# ---------------------------------------------------------------- the step's CUDA options
+
+def _cuda_trainer(noise=True, generator_device="cuda", **kw):
+    D, train, val = W.make_problem(seed=5, n_train=256, n_val=64)
+    model = LISTA(D, W.ALPHA, W.L, init="ista")
+    hook = None
+    if noise:
+        from sdu_ext.models import LogGradientNoise
+        hook = LogGradientNoise(model.D, sigma=0.5, generator=torch.Generator(generator_device).manual_seed(2))
+    cfg = TrainConfig(**{**dict(epochs=2, batch_size=64, lr=3e-3, lr_dual=1.0, eps=0.3, seed=0, device="cuda"), **kw})
+    return PrimalDualTrainer(model, train, val, cfg, DescentConstraints("distance"), noise=hook)
+
+
+def _assert_close_runs(a, b, rtol):
+    torch.testing.assert_close(b.multipliers["descent"], a.multipliers["descent"], rtol=rtol, atol=1e-6)
+    assert a.multipliers["descent"].max() > 0, "the test needs active constraints"
+    pb = dict(b.model.named_parameters())
+    for name, p in a.model.named_parameters():
+        torch.testing.assert_close(pb[name].detach(), p.detach(), rtol=rtol, atol=1e-6, msg=name)
+    for ra, rb in zip(a.history, b.history):
+        assert rb["val_loss"] == pytest.approx(ra["val_loss"], rel=rtol)
+
+
+def test_resident_data_lives_on_the_gpu_and_trains_the_same():
+    a, b = _cuda_trainer(resident_data=True), _cuda_trainer(resident_data=False)
+    assert a.train_data.tensors[0].device.type == "cuda" and b.train_data.tensors[0].device.type == "cpu"
+    a.fit()
+    b.fit()
+    _assert_close_runs(a, b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_step_on_cuda_trains_the_eager_trajectory(mode):
+    eager, compiled = _cuda_trainer(), _cuda_trainer(compile=mode)
+    eager.fit()
+    compiled.fit()
+    _assert_close_runs(eager, compiled, rtol=1e-4)
+
+
+def test_tf32_costs_little_accuracy():
+    """matmul_precision='high' (TF32 GEMMs): the run stays within 1e-2 of the float32 one."""
+    a, b = _cuda_trainer(matmul_precision="highest"), _cuda_trainer(matmul_precision="high")
+    a.fit()
+    b.fit()
+    for ra, rb in zip(a.history, b.history):
+        assert rb["val_loss"] == pytest.approx(ra["val_loss"], rel=1e-2)
+
+
+def test_no_host_synchronisation_inside_a_step():
+    """CUDA sync debug mode 'error': steps with read=False (data resident, noise drawn on the GPU)
+    never wait for the device."""
+    trainer = _cuda_trainer(check_every=64)
+    batch = tuple(t[:64].cuda() for t in W.make_problem(seed=5, n_train=64, n_val=8)[1])
+    trainer.step(batch, read=False)  # the first step builds the optimizer
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            trainer.step(batch, read=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    trainer.step(batch)  # the deferred checks: every step was finite

@@ -450,6 +450,10 @@ BAD = [
     (lambda: TrainConfig(lr_threshold=-1e-3), "lr_threshold"),
     (lambda: TrainConfig(lr_threshold=float("inf")), "lr_threshold"),
     (lambda: TrainConfig(lr_reductions=-1), "lr_reductions"),
+    (lambda: TrainConfig(compile="fast"), "compile"),
+    (lambda: TrainConfig(compile=True), "compile"),
+    (lambda: TrainConfig(matmul_precision="tf32"), "matmul_precision"),
+    (lambda: TrainConfig(resident_data="yes"), "resident_data"),
     (lambda: DescentConstraints(eps=1.0), "eps"),
     (lambda: DescentConstraints(residual="objective"), "residual"),
     (lambda: DescentConstraints(form="ratio"), "form"),
@@ -478,7 +482,7 @@ def test_bad_configuration_is_rejected_up_front(make, arg):
 
 def test_bad_loss_shape_is_named():
     trainer = small_trainer()
-    trainer.loss_fn = lambda out, batch: (out - batch[1]).pow(2).mean()
+    trainer.objective.loss_fn = lambda out, batch: (out - batch[1]).pow(2).mean()
     with pytest.raises(ValueError, match=r"^loss: expected per-sample losses of shape \(128,\) = \(B,\), got \(\)"):
         trainer.fit()
 

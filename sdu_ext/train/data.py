@@ -61,8 +61,25 @@ class TrainingData:
     def __len__(self):
         return self.size
 
+    def keep_on(self, device) -> "TrainingData":
+        """Keep the tensors on ``device`` from now on (one copy; the caller's tensors are left
+        as they are). Map-style datasets stay where they are."""
+        if self.tensors is not None:
+            self.tensors = tuple(t.to(device) for t in self.tensors)
+        return self
+
+    def place(self, batches: List[torch.Tensor]) -> List[torch.Tensor]:
+        """The index tensors ``batches`` moved to the device of the tensors in one copy (pinned
+        and asynchronous from the host to an accelerator), so that :meth:`get` gathers there."""
+        if self.tensors is None or not batches or batches[0].device == self.tensors[0].device:
+            return batches
+        flat = torch.cat(batches)
+        if flat.device.type == "cpu" and self.tensors[0].device.type != "cpu" and torch.cuda.is_available():
+            flat = flat.pin_memory()
+        return list(torch.split(flat.to(self.tensors[0].device, non_blocking=True), [len(b) for b in batches]))
+
     def get(self, idx, device):
-        """The samples ``idx`` (1-D int64) as a batch on ``device``."""
+        """The samples ``idx`` (1-D int64, on the host or where the tensors live) as a batch on ``device``."""
         if self.tensors is not None:
             return tuple(t[idx].to(device, non_blocking=True) for t in self.tensors)
         batch = torch.utils.data.default_collate([self.dataset[i] for i in idx.tolist()])

@@ -6,7 +6,6 @@ residuals given by :class:`~sdu_ext.train.DescentConstraints` groups.
 """
 import os
 import time
-from contextlib import nullcontext
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -16,12 +15,13 @@ from ..checks import check_callable, check_directory, check_eps, check_instance
 from .checkpoint import (FORMAT, check_resumable, clone_state, load_checkpoint, plain_state, rng_state,
                          save_checkpoint, set_rng_state)
 from .config import TrainConfig
-from .constraints import DescentConstraints, Stats, reduce_batch
-from .data import TrainingData, check_targets, eval_batches, seed_for, to_device, train_batches, world_and_rank
+from .constraints import DescentConstraints, Stats
+from .data import TrainingData, eval_batches, seed_for, to_device, train_batches, world_and_rank
 from .dual import Multiplier, group_multipliers
 from .finite import FiniteChecks, NonFiniteError, check_loss, check_multipliers, check_state, check_values
 from .layerwise import check_plan, layer_parameter_sets, stage_of
 from .logs import HistoryLog, epoch_row
+from .objective import Objective, matmul_precision, squared_error
 from .optim import build_optimizer
 from .schedule import make_schedule
 
@@ -34,14 +34,6 @@ __all__ = ["PrimalDualTrainer", "NonFiniteError", "squared_error"]
 
 LAST = "last.pt"
 BEST = "best.pt"
-
-
-def squared_error(output: torch.Tensor, batch) -> torch.Tensor:
-    """The LISTA task loss per sample: ``1/2 ||output_b - batch[1]_b||^2``, (B,).
-
-    ``output`` (B, ...) is a layer's output, ``batch[1]`` the reference (e.g. y*), same shape.
-    """
-    return 0.5 * (output - batch[1]).pow(2).flatten(1).sum(dim=1)
 
 
 # ------------------------------------------------------------------ trainer
@@ -140,14 +132,17 @@ class PrimalDualTrainer:
         self.device = device
         self.model = model.to(device)
         self.noise = noise.to(device) if isinstance(noise, nn.Module) else noise
-        self.loss_fn = squared_error if loss is None else loss
-        self._forward = forward
         self.problem = problem if problem is not None else getattr(self.model, "problem", None)
+        self.objective = Objective(loss, forward, self.groups, self.problem, cfg.autocast, cfg.compile)
         self._optimizer_factory = optimizer
         self._layer_parameters = layer_parameters
         self.metadata = dict(metadata or {})
         self.train_data = TrainingData(train_data, "train_data")
         self.val_data = TrainingData(val_data, "val_data") if val_data is not None else None
+        if cfg.resident_data:
+            for data in (self.train_data, self.val_data):
+                if data is not None:
+                    data.keep_on(device)
 
         self.num_layers = self._probe_layers()
         L = self.num_layers
@@ -203,26 +198,8 @@ class PrimalDualTrainer:
             return L
         idx = torch.arange(1)
         with torch.no_grad(), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            it = self._iterates(self.model, self.train_data.get(idx, self.device), None)
+            it = self.objective.iterates(self.model, self.train_data.get(idx, self.device), None)
         return it.shape[0] - 1
-
-    def _iterates(self, model, batch, noise):
-        """The iterates (L+1, B, ...); under ``config.autocast`` the forward runs in that dtype and
-        the iterates come back in float32 (or wider), where the loss and constraints are taken."""
-        autocast = self.config.autocast
-        with torch.autocast(self.device.type, dtype=getattr(torch, autocast)) if autocast else nullcontext():
-            if self._forward is not None:
-                it = self._forward(model, batch, noise)
-            elif noise is None:
-                it = model(batch[0], return_all=True)
-            else:
-                it = model(batch[0], return_all=True, noise=noise)
-        if not isinstance(it, torch.Tensor) or it.dim() < 3:
-            got = tuple(it.shape) if isinstance(it, torch.Tensor) else type(it).__name__
-            raise ValueError(f"model: expected the forward pass to return stacked iterates (L+1, B, ...), got {got}")
-        if autocast is not None and it.is_floating_point():
-            it = it.to(torch.promote_types(it.dtype, torch.float32))
-        return it
 
     def _stage_of(self, epoch):
         if self.config.mode != "layerwise":
@@ -261,53 +238,25 @@ class PrimalDualTrainer:
 
     # -------------------------------------------------------------- one step
 
-    def _evaluate_groups(self, iterates, batch, eps, grad):
-        if not self.groups:
-            return []
-        if grad:
-            return [g(iterates, batch, eps=e, problem=self.problem) for g, e in zip(self.groups, eps)]
-        with torch.no_grad():
-            it = iterates.detach()
-            return [g(it, batch, eps=e, problem=self.problem) for g, e in zip(self.groups, eps)]
-
-    def _per_sample_loss(self, output, batch):
-        distance = any(g.residual == "distance" for g in self.groups)
-        if self.loss_fn is squared_error or distance:
-            check_targets(batch, output, same_dtype=distance)
-        loss = self.loss_fn(output, batch)
-        if not isinstance(loss, torch.Tensor) or tuple(loss.shape) != (output.shape[0],):
-            got = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-            raise ValueError(f"loss: expected per-sample losses of shape ({output.shape[0]},) = (B,), got {got}")
-        return loss
-
     def _step(self, batch, epoch, batch_index, eps):
+        with matmul_precision(self.config.matmul_precision):
+            return self._primal_dual_step(batch, epoch, batch_index, eps)
+
+    def _primal_dual_step(self, batch, epoch, batch_index, eps):
         cfg = self.config
         constrained = cfg.mode == "constrained"
         train_noise = None if cfg.mode == "standard" else self.noise
-        iterates = self._iterates(self._wrapped, batch, train_noise)
-        out = iterates[self.stage] if self.stage is not None else iterates[-1]
-        per_loss = self._per_sample_loss(out, batch)
-        evals = self._evaluate_groups(iterates, batch, eps, grad=constrained)
-        stats, lagrangian, terms, c_all = reduce_batch(per_loss, evals, self.groups, eps, self.num_layers)
+        v = self.objective.step_values(self._wrapped, batch, train_noise, eps, self.duals, self._index, self.stage,
+                                       constrained, self.num_layers)
         # No host read here: the checks are read every check_every steps (at once when 1).
-        loss = stats.mean_loss()
-        self._finite.values(epoch, batch_index, loss, iterates, c_all if constrained else None)
-
-        lag = loss  # the Lagrangian's value, a 0-d float64 tensor
-        if constrained:
-            for c, c_value, idx, dual in zip(terms, c_all, self._index, self.duals):
-                nu, u = dual.value, dual.slack
-                lagrangian = lagrangian + (nu.to(c.device, c.dtype) * c[idx]).sum()
-                lag = lag + (nu * (c_value[idx] - u)).sum()
-                if dual.resilient:
-                    lag = lag + 0.5 * dual.resilient_cost * u.pow(2).sum()
+        self._finite.values(epoch, batch_index, v.stats.mean_loss(), v.iterates, v.values if constrained else None)
         self.model.zero_grad(set_to_none=True)
-        lagrangian.backward()
+        v.lagrangian.backward()
         self.optimizer.step()
         if constrained and cfg.dual_every == "batch":
-            self._dual_step(c_all)
+            self._dual_step(v.values)
             self._finite.multipliers(epoch, batch_index)
-        return stats, c_all, lag
+        return v.stats, v.values, v.value
 
     def _dual_step(self, c_all):
         for c, idx, dual in zip(c_all, self._index, self.duals):
@@ -343,12 +292,17 @@ class PrimalDualTrainer:
 
     @torch.no_grad()
     def _estimate(self, data, noise, eps, train_mode):
+        with matmul_precision(self.config.matmul_precision):
+            return self._sum_batches(data, noise, eps, train_mode)
+
+    def _sum_batches(self, data, noise, eps, train_mode):
         self.model.train(train_mode)
         stats = Stats(self.num_layers, self.groups, self.device)
-        for idx in eval_batches(len(data), self.config.batch_size, self.world, self.rank):
+        for idx in data.place(eval_batches(len(data), self.config.batch_size, self.world, self.rank)):
             batch = data.get(idx, self.device)
-            it = self._iterates(self.model, batch, noise)
-            stats.add(self._per_sample_loss(it[-1], batch), self._evaluate_groups(it, batch, eps, grad=False))
+            it = self.objective.iterates(self.model, batch, noise)
+            stats.add(self.objective.per_sample_loss(it[-1], batch),
+                      self.objective.evaluate_groups(it, batch, eps, grad=False))
         return stats.all_reduce()
 
     def evaluate(self, data, noise: Optional[Callable] = None, eps: Optional[float] = None) -> Dict[str, Any]:
@@ -467,8 +421,8 @@ class PrimalDualTrainer:
         self.model.train()
         totals = Stats(self.num_layers, self.groups, self.device)
         lag_sum, steps = torch.zeros((), dtype=torch.float64, device=self.device), 0
-        batches = train_batches(len(self.train_data), cfg.batch_size, self._shuffle_seed, epoch, self.world,
-                                self.rank, cfg.drop_last, cfg.shuffle)
+        batches = self.train_data.place(train_batches(len(self.train_data), cfg.batch_size, self._shuffle_seed,
+                                                      epoch, self.world, self.rank, cfg.drop_last, cfg.shuffle))
         bar = self._progress(total=len(batches), desc=f"epoch {epoch + 1}", unit="batch", leave=False)
         for b, idx in enumerate(batches):
             batch = self.train_data.get(idx, self.device)
