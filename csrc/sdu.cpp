@@ -47,8 +47,8 @@ TORCH_LIBRARY(sdu, m) {
   m.def("lista_layer(Tensor y, Tensor xs, Tensor W1, Tensor W2, Tensor theta) -> Tensor");
   m.def("residual_norms(Tensor iterates, Tensor? reference) -> Tensor");
   m.def(
-      "residual_norms_backward(Tensor grad, Tensor iterates, Tensor? reference, Tensor norms)"
-      " -> (Tensor, Tensor)");
+      "residual_norms_backward(Tensor grad, Tensor iterates, Tensor? reference, Tensor norms,"
+      " bool reference_grad=True) -> (Tensor, Tensor)");
   m.def("descent_violations(Tensor norms, float eps, str form) -> (Tensor, Tensor)");
   m.def(
       "descent_violations_backward(Tensor grad, Tensor norms, float eps, str form) -> Tensor");

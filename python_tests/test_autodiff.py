@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sdu_ext import nn as sdu_nn
 from sdu_ext import ops, reference
@@ -94,6 +95,11 @@ OPS = {
         lambda it, ref: (ops.residual_norms(it, ref),),
         lambda it, ref: (reference.residual_norms(it, ref),),
         lambda r, dt, dv: [r.make((3, 4, 5), dt, dv), r.make((4, 5), dt, dv)], (0, 1)),
+    # a fixed reference (the trainer's y*): no gradient for it, so the backward skips it
+    "residual_norms-fixedref": (
+        lambda it, ref: (ops.residual_norms(it, ref),),
+        lambda it, ref: (reference.residual_norms(it, ref),),
+        lambda r, dt, dv: [r.make((3, 4, 5), dt, dv), r.make((4, 5), dt, dv)], (0,)),
     "residual_norms-noref": (
         lambda it: (ops.residual_norms(it),),
         lambda it: (reference.residual_norms(it),),
@@ -113,6 +119,7 @@ for _f in FORMS:
         lambda it, ref, f=_f: (reference.descent_constraints(it, ref, 0.05, f)[0],
                                reference.residual_norms(it, ref)),
         lambda r, dt, dv: [r.make((4, 3, 5), dt, dv), r.make((3, 5), dt, dv)], (0, 1))
+    OPS[f"descent_constraints-{_f}-fixedref"] = OPS[f"descent_constraints-{_f}"][:3] + ((0,),)
 
 
 def _leaves(inputs, diff):
@@ -338,6 +345,77 @@ def test_functional_call_grad_on_modules(rng, device):
                             in_dims=(None, 0, 0))({k[6:]: v for k, v in params.items() if k.startswith("layer.")},
                                                   y.unsqueeze(1), xs.unsqueeze(1))
     assert per_sample["W1"].shape == (3, 5, 5)
+
+
+# ------------------------------------------------------------------ no reference gradient
+
+S = torch.ops.sdu
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 33, 1031])
+def test_residual_norms_backward_without_reference_grad(rng, device, dtype, m):
+    """reference_grad=False: the same iterates gradient, bit for bit, as with the reference
+    gradient (and as the float64 reference), and an empty (0,) tensor in its place."""
+    L1, B = 4, 5
+    it, ref, g = rng.make((L1, B, m), dtype, device), rng.make((B, m), dtype, device), rng.make((L1, B), dtype, device)
+    norms = ops.residual_norms(it, ref)
+    g_it, g_ref = S.residual_norms_backward(g, it, ref, norms)
+    g_it_only, empty = S.residual_norms_backward(g, it, ref, norms, False)
+    assert empty.shape == (0,) and empty.dtype == dtype and empty.device == it.device
+    assert g_ref.shape == (B, m)
+    assert torch.equal(g_it_only, g_it), "iterates gradient changed with reference_grad=False"
+
+    it64, ref64 = up(it).requires_grad_(), up(ref).requires_grad_()
+    e_it, e_ref = torch.autograd.grad(reference.residual_norms(it64, ref64), (it64, ref64), up(g))
+    mag = (up(g) / up(norms)).abs().unsqueeze(-1) * (it64 - ref64).detach().abs()
+    check(g_it_only, e_it, dtype, rng, "grad iterates (reference_grad=False)", scale=float(mag.max()))
+    check(g_ref, e_ref, dtype, rng, "grad reference (reference_grad=True)", scale=float(mag.sum(0).max()))
+    # without a reference the flag changes nothing
+    a = S.residual_norms_backward(g, it, None, ops.residual_norms(it))
+    b = S.residual_norms_backward(g, it, None, ops.residual_norms(it), False)
+    assert torch.equal(a[0], b[0]) and a[1].shape == b[1].shape == (0,)
+
+
+class _RecordReferenceGrad(TorchDispatchMode):
+    """Records the reference_grad argument of every sdu::residual_norms_backward call."""
+
+    def __init__(self):
+        super().__init__()
+        self.flags = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is S.residual_norms_backward.default:
+            self.flags.append(args[4] if len(args) > 4 else kwargs.get("reference_grad", True))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ["residual_norms", "descent_constraints"])
+def test_backward_skips_reference_gradient_it_does_not_need(rng, device, dtype, op):
+    """A reference that does not require grad is called for with reference_grad=False, and the
+    iterates gradient is the same, bit for bit, as when the reference requires grad."""
+    def run(it, ref):
+        if op == "residual_norms":
+            return ops.residual_norms(it, ref)
+        values, _, norms = ops.descent_constraints(it, ref, 0.05, "mean_ratio", return_norms=True)
+        return torch.cat([values, norms.flatten()])
+
+    it, ref = rng.make((4, 5, 33), dtype, device), rng.make((5, 33), dtype, device)
+    w = rng.make(run(it, ref).shape, dtype, device)
+    grads = {}
+    for ref_grad in (True, False):
+        a, b = it.clone().requires_grad_(), ref.clone().requires_grad_(ref_grad)
+        out = run(a, b)
+        with _RecordReferenceGrad() as mode:
+            out.backward(w)
+        assert mode.flags == [ref_grad], f"residual_norms_backward called with {mode.flags}"
+        assert (b.grad is not None) == ref_grad
+        grads[ref_grad] = a.grad
+    assert torch.equal(grads[False], grads[True])
 
 
 # ------------------------------------------------------------------ extreme norms (float32)

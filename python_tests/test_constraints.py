@@ -397,11 +397,13 @@ def test_gradcheck_descent_violations(rng, device, form, eps):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("form", FORMS)
-@pytest.mark.parametrize("with_ref", [False, True], ids=["noref", "ref"])
+@pytest.mark.parametrize("with_ref", [False, True, "fixed"], ids=["noref", "ref", "fixedref"])
 @pytest.mark.parametrize("return_norms", [False, True], ids=["values", "values+norms"])
 def test_gradcheck_descent_constraints(rng, device, form, with_ref, return_norms):
+    """fixedref: a reference that does not require grad (the trainer's y*), whose gradient
+    the backward skips (reference_grad=False)."""
     it = rng.make((4, 3, 5), torch.float64, device).requires_grad_()
-    ref = rng.make((3, 5), torch.float64, device).requires_grad_() if with_ref else None
+    ref = rng.make((3, 5), torch.float64, device).requires_grad_(with_ref is True) if with_ref else None
 
     def fn(it, ref):
         out = ops.descent_constraints(it, ref, 0.05, form, return_norms=return_norms)
@@ -409,3 +411,4 @@ def test_gradcheck_descent_constraints(rng, device, form, with_ref, return_norms
         return (out[0], out[2]) if return_norms else out[0]
 
     assert torch.autograd.gradcheck(fn, (it, ref))
+    assert torch.autograd.gradgradcheck(fn, (it, ref))

@@ -99,6 +99,16 @@ CASES = {
     "residual_norms_backward-requires-grad": (S.residual_norms_backward.default, lambda r, dt, dv: (
         _rg(r.make((3, 4), dt, dv)), _rg(r.make((3, 4, 7), dt, dv)), _rg(r.make((4, 7), dt, dv)),
         _rg(_pos(r, (3, 4), dt, dv)))),
+    # reference_grad=False: no reference gradient (an empty second output, not differentiable)
+    "residual_norms_backward-ref-no-reference-grad": (S.residual_norms_backward.default, lambda r, dt, dv: (
+        r.make((3, 4), dt, dv), r.make((3, 4, 7), dt, dv), r.make((4, 7), dt, dv),
+        _pos(r, (3, 4), dt, dv), False)),
+    "residual_norms_backward-noref-no-reference-grad": (S.residual_norms_backward.default, lambda r, dt, dv: (
+        r.make((3, 4), dt, dv), r.make((3, 4, 7), dt, dv), None, _pos(r, (3, 4), dt, dv), False)),
+    "residual_norms_backward-requires-grad-no-reference-grad": (
+        S.residual_norms_backward.default, lambda r, dt, dv: (
+            _rg(r.make((3, 4), dt, dv)), _rg(r.make((3, 4, 7), dt, dv)), _rg(r.make((4, 7), dt, dv)),
+            _rg(_pos(r, (3, 4), dt, dv)), False)),
     # ---- min_norm_subgradient (+ backward)
     "min_norm_subgradient": (S.min_norm_subgradient.default, lambda r, dt, dv: (
         _rg(r.make((4, 33), dt, dv)), _codes(r, (4, 33), dt, dv), 0.3)),

@@ -29,7 +29,8 @@ SDU_MULTIVERSION T squared_distance(const T* __restrict a, const T* __restrict r
 }
 
 // Sample b's rows: g_it[l, b] = s[l, b] (it[l, b] - ref[b]) for every layer l,
-// and g_ref[b] = -sum_l g_it[l, b].
+// and g_ref[b] = -sum_l g_it[l, b] when gr is given (r given, gr null: the
+// reference gradient is not wanted and never written).
 template <typename T>
 SDU_MULTIVERSION void backward_sample(const T* ip, const T* r, const T* sp, T* gp, T* gr,
                                       int64_t L1, int64_t B, int64_t m, int64_t b) {
@@ -38,13 +39,16 @@ SDU_MULTIVERSION void backward_sample(const T* ip, const T* r, const T* sp, T* g
     const T* __restrict a = ip + (l * B + b) * m;
     T* __restrict ga = gp + (l * B + b) * m;
     const T s = sp[l * B + b];
-    if (r) {
+    if (r && gr) {
 #pragma omp simd
       for (int64_t i = 0; i < m; ++i) {
         T v = (a[i] - r[i]) * s;
         ga[i] = v;
         gr[i] -= v;
       }
+    } else if (r) {
+#pragma omp simd
+      for (int64_t i = 0; i < m; ++i) ga[i] = (a[i] - r[i]) * s;
     } else {
 #pragma omp simd
       for (int64_t i = 0; i < m; ++i) ga[i] = a[i] * s;
@@ -92,19 +96,20 @@ at::Tensor residual_norms_cpu(const at::Tensor& iterates, const c10::optional<at
 
 // grad_iterates[l, b] = grad[l, b] / norms[l, b] * (iterates[l, b] - reference[b])
 // (zero where the norm is zero), grad_reference[b] = -sum_l grad_iterates[l, b].
+// Without a reference, or with reference_grad false, grad_reference is not
+// computed and an empty (0,) tensor is returned in its place.
 std::tuple<at::Tensor, at::Tensor> residual_norms_backward_cpu(
     const at::Tensor& grad, const at::Tensor& iterates, const c10::optional<at::Tensor>& reference,
-    const at::Tensor& norms) {
+    const at::Tensor& norms, bool reference_grad) {
   check_residual_norms_backward(grad, iterates, reference, norms);
   int64_t L1 = iterates.size(0), B = iterates.size(1), m = iterates.size(2);
   bool has_ref = has_reference(reference);
+  bool want_ref = has_ref && reference_grad;
   auto it = as_acc(iterates).contiguous();
   auto g_it = new_output_like(it);
   at::Tensor ref, g_ref;
-  if (has_ref) {
-    ref = as_acc(*reference).contiguous();
-    g_ref = new_output_like(ref);
-  }
+  if (has_ref) ref = as_acc(*reference).contiguous();
+  if (want_ref) g_ref = new_output_like(ref);
   if (it.numel() > 0) {
     auto scale = (grad.to(it.scalar_type()) / norms.to(it.scalar_type()))
                      .masked_fill(norms == 0, 0)
@@ -113,13 +118,13 @@ std::tuple<at::Tensor, at::Tensor> residual_norms_backward_cpu(
       backward_kernel<scalar_t>(it.const_data_ptr<scalar_t>(),
                                 has_ref ? ref.const_data_ptr<scalar_t>() : nullptr,
                                 scale.const_data_ptr<scalar_t>(), g_it.mutable_data_ptr<scalar_t>(),
-                                has_ref ? g_ref.mutable_data_ptr<scalar_t>() : nullptr, L1, B, m);
+                                want_ref ? g_ref.mutable_data_ptr<scalar_t>() : nullptr, L1, B, m);
     });
-  } else if (has_ref) {
+  } else if (want_ref) {
     g_ref.zero_();
   }
   auto dtype = iterates.scalar_type();
-  return {g_it.to(dtype), has_ref ? g_ref.to(dtype) : at::empty({0}, iterates.options())};
+  return {g_it.to(dtype), want_ref ? g_ref.to(dtype) : at::empty({0}, iterates.options())};
 }
 
 TORCH_LIBRARY_IMPL(sdu, CPU, m) {

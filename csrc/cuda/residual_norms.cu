@@ -59,7 +59,7 @@ __global__ void norms_backward_kernel(const T* __restrict__ it, const T* __restr
       const int64_t k = l * B * m + j;
       A v = (static_cast<A>(it[k]) - rv) * scale[l * B + b];
       g_it[k] = static_cast<T>(v);
-      ref_acc -= v;
+      if (g_ref) ref_acc -= v;
     }
     if (g_ref) g_ref[j] = static_cast<T>(ref_acc);
   }
@@ -98,19 +98,23 @@ at::Tensor residual_norms_cuda(const at::Tensor& iterates, const c10::optional<a
 
 namespace {
 
+// As residual_norms_backward_cpu: with reference_grad false (or no reference)
+// the reference gradient is neither computed nor written, and an empty (0,)
+// tensor takes its place.
 std::tuple<at::Tensor, at::Tensor> residual_norms_backward_cuda(
     const at::Tensor& grad, const at::Tensor& iterates, const c10::optional<at::Tensor>& reference,
-    const at::Tensor& norms) {
+    const at::Tensor& norms, bool reference_grad) {
   check_residual_norms_backward(grad, iterates, reference, norms);
   int64_t L1 = iterates.size(0), B = iterates.size(1), m = iterates.size(2);
   c10::cuda::CUDAGuard guard(iterates.device());
   bool has_ref = has_reference(reference);
+  bool want_ref = has_ref && reference_grad;
   auto it = iterates.contiguous();
   auto g_it = at::empty_like(it, at::MemoryFormat::Contiguous);
   at::Tensor ref = has_ref ? reference->contiguous() : at::Tensor();
-  at::Tensor g_ref = has_ref ? at::empty_like(ref, at::MemoryFormat::Contiguous) : at::empty({0}, it.options());
+  at::Tensor g_ref = want_ref ? at::empty_like(ref, at::MemoryFormat::Contiguous) : at::empty({0}, it.options());
   if (B * m == 0) {
-    if (has_ref) g_ref.zero_();
+    if (want_ref) g_ref.zero_();
     return {g_it, g_ref};
   }
   auto acc_type = at::toOpMathType(it.scalar_type());
@@ -121,7 +125,7 @@ std::tuple<at::Tensor, at::Tensor> residual_norms_backward_cuda(
     norms_backward_kernel<scalar_t><<<num_blocks(B * m), kThreads, 0, stream>>>(
         it.const_data_ptr<scalar_t>(), has_ref ? ref.const_data_ptr<scalar_t>() : nullptr,
         scale.const_data_ptr<A>(), g_it.mutable_data_ptr<scalar_t>(),
-        has_ref ? g_ref.mutable_data_ptr<scalar_t>() : nullptr, L1, B, m);
+        want_ref ? g_ref.mutable_data_ptr<scalar_t>() : nullptr, L1, B, m);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {g_it, g_ref};

@@ -99,9 +99,10 @@ class _ResidualNorms(_Function):
     @staticmethod
     def backward(ctx, grad):
         iterates, reference, norms = ctx.saved_tensors
-        g_it, g_ref = _call(_ResidualNormsBackward, _ops.residual_norms_backward, grad, iterates, reference, norms)
-        return (g_it if ctx.needs_input_grad[0] else None,
-                g_ref if ctx.has_reference and ctx.needs_input_grad[1] else None)
+        reference_grad = ctx.has_reference and ctx.needs_input_grad[1]
+        g_it, g_ref = _call(_ResidualNormsBackward, _ops.residual_norms_backward,
+                            grad, iterates, reference, norms, reference_grad)
+        return (g_it if ctx.needs_input_grad[0] else None, g_ref if reference_grad else None)
 
     @staticmethod
     def jvp(ctx, d_iterates, d_reference):
@@ -136,33 +137,36 @@ _register_vmap("residual_norms", _vmap_residual_norms, _ResidualNorms)
 
 
 @torch.library.register_fake("sdu::residual_norms_backward")
-def _(grad, iterates, reference, norms):
+def _(grad, iterates, reference, norms, reference_grad=True):
     _check_iterates(iterates, reference)
     L1, B = iterates.shape[:2]
     if tuple(grad.shape) != (L1, B):
         raise RuntimeError(f"grad: expected shape ({L1}, {B}) = (L+1, B), got {_shape(grad)}")
     _check_same_shape(norms, "norms", grad, None)
-    g_ref = torch.empty_like(reference) if reference is not None else iterates.new_empty(0)
+    g_ref = torch.empty_like(reference) if reference is not None and reference_grad else iterates.new_empty(0)
     return torch.empty_like(iterates, memory_format=torch.contiguous_format), g_ref
 
 
 class _ResidualNormsBackward(_Function):
     """g_it[l, b] = s[l, b] d[l, b] with s = grad / norms (0 at a zero norm) and
-    d = iterates - reference; g_ref[b] = -sum_l g_it[l, b]. Its inputs grad, iterates,
-    reference and norms are treated as independent (norms is the saved forward output,
-    whose own dependence on the iterates autograd follows through residual_norms)."""
+    d = iterates - reference; g_ref[b] = -sum_l g_it[l, b], computed only with a reference
+    and ``reference_grad`` (else an empty (0,) tensor, not differentiable). Its inputs grad,
+    iterates, reference and norms are treated as independent (norms is the saved forward
+    output, whose own dependence on the iterates autograd follows through residual_norms)."""
 
     @staticmethod
-    def forward(grad, iterates, reference, norms):
-        return _ops.residual_norms_backward(grad, iterates, reference, norms)
+    def forward(grad, iterates, reference, norms, reference_grad=True):
+        return _ops.residual_norms_backward(grad, iterates, reference, norms, reference_grad)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.has_reference = inputs[2] is not None
-        if not ctx.has_reference:
+        grad, iterates, reference, norms = inputs[:4]
+        ctx.has_reference = reference is not None
+        ctx.reference_grad = ctx.has_reference and (inputs[4] if len(inputs) > 4 else True)
+        if not ctx.reference_grad:
             ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(*inputs)
-        ctx.save_for_forward(*inputs)
+        ctx.save_for_backward(grad, iterates, reference, norms)
+        ctx.save_for_forward(grad, iterates, reference, norms)
 
     @staticmethod
     def backward(ctx, grad_g_it, grad_g_ref):
@@ -170,11 +174,11 @@ class _ResidualNormsBackward(_Function):
         need = ctx.needs_input_grad
         dtype = iterates.dtype
         e = _acc(grad_g_it)
-        if ctx.has_reference and grad_g_ref is not None:
+        if ctx.reference_grad and grad_g_ref is not None:
             e = e - _acc(grad_g_ref).unsqueeze(0)
         n = _acc(norms)
         s = _safe_div(_acc(grad), n)
-        out = [None] * 4
+        out = [None] * 5
         if need[0] or need[3]:
             inner = (_acc(_residual(iterates, reference)) * e).sum(-1)
             if need[0]:
@@ -190,7 +194,7 @@ class _ResidualNormsBackward(_Function):
         return tuple(out)
 
     @staticmethod
-    def jvp(ctx, d_grad, d_iterates, d_reference, d_norms):
+    def jvp(ctx, d_grad, d_iterates, d_reference, d_norms, *_d_reference_grad):
         grad, iterates, reference, norms = ctx.saved_tensors
         n = _acc(norms)
         s = _safe_div(_acc(grad), n)
@@ -203,21 +207,21 @@ class _ResidualNormsBackward(_Function):
         dd = _residual_tangent(d_iterates, d_reference, iterates)
         if dd is not None:
             d_g_it = d_g_it + s.unsqueeze(-1) * _acc(dd)
-        d_g_ref = (-d_g_it.sum(0)).to(iterates.dtype) if ctx.has_reference else None
+        d_g_ref = (-d_g_it.sum(0)).to(iterates.dtype) if ctx.reference_grad else None
         return d_g_it.to(iterates.dtype), d_g_ref
 
 
 _register_autograd("residual_norms_backward", _ResidualNormsBackward, "sdu_ext.ops.residual_norms")
 
 
-def _vmap_residual_norms_backward(info, in_dims, grad, iterates, reference, norms):
+def _vmap_residual_norms_backward(info, in_dims, grad, iterates, reference, norms, reference_grad=True):
     n = info.batch_size
     g = _merge_batch(grad, in_dims[0], n, 1)
     it = _merge_batch(iterates, in_dims[1], n, 1)
     ref = None if reference is None else _merge_batch(reference, in_dims[2], n, 0)
     nm = _merge_batch(norms, in_dims[3], n, 1)
-    g_it, g_ref = _call(_ResidualNormsBackward, _ops.residual_norms_backward, g, it, ref, nm)
-    if reference is None:
+    g_it, g_ref = _call(_ResidualNormsBackward, _ops.residual_norms_backward, g, it, ref, nm, reference_grad)
+    if reference is None or not reference_grad:
         return (_split_batch(g_it, n, 1), g_ref), (1, None)
     return (_split_batch(g_it, n, 1), _split_batch(g_ref, n, 0)), (1, 0)
 _register_vmap("residual_norms_backward", _vmap_residual_norms_backward, _ResidualNormsBackward)
@@ -518,9 +522,10 @@ class _DescentConstraints(_Function):
                   grad_values, norms, ctx.eps, ctx.form)
         if grad_norms is not None:
             g = g + grad_norms
-        g_it, g_ref = _call(_ResidualNormsBackward, _ops.residual_norms_backward, g, iterates, reference, norms)
-        return (g_it if ctx.needs_input_grad[0] else None,
-                g_ref if ctx.has_reference and ctx.needs_input_grad[1] else None, None, None)
+        reference_grad = ctx.has_reference and ctx.needs_input_grad[1]
+        g_it, g_ref = _call(_ResidualNormsBackward, _ops.residual_norms_backward,
+                            g, iterates, reference, norms, reference_grad)
+        return g_it if ctx.needs_input_grad[0] else None, g_ref if reference_grad else None, None, None
 
     @staticmethod
     def jvp(ctx, d_iterates, d_reference, _d_eps, _d_form):
