@@ -406,3 +406,15 @@ def test_reproduce_jobs_match_one_by_one(tmp_path, cache_dir, capsys):
     assert cli.main(base + ["--out", str(tmp_path / "bad"), "--jobs", "0"]) == 2
     assert "--jobs: expected an integer >= 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_compile_option_reaches_the_trainer(tmp_path, cache_dir, capsys):
+    run = tmp_path / "run"
+    argv = ["lista", "train", "--preset", "tiny", "--epochs", "1", "--out", str(run), "--quiet", "--data-cache",
+            cache_dir]
+    assert cli.main(argv + ["--compile", "fast"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sdu-ext: error: --compile: expected one of default, reduce-overhead") and "'fast'" in err
+    assert not run.exists()
+    assert cli.main(argv + ["--compile", "default"]) == 0
+    assert load_checkpoint(str(run / "last.pt"))["config"]["compile"] == "default"

@@ -49,6 +49,7 @@ def _options(args: argparse.Namespace):
     return RunOptions(out=args.out, seed=args.seed, device=args.device, progress=not args.quiet,
                       data_cache=args.data_cache, resume=getattr(args, "resume", False),
                       overwrite=getattr(args, "overwrite", False), epochs=getattr(args, "epochs", None),
+                      compile=getattr(args, "compile", None),
                       threads=args.threads, time_budget=getattr(args, "time_budget", None),
                       jobs=getattr(args, "jobs", 1))
 
@@ -111,6 +112,9 @@ def _run_options(p: argparse.ArgumentParser, kind: str, out_help: str, out_requi
                    help=f"one of {', '.join(PRESET_NAMES[kind])} (default: quick)")
     p.add_argument("--out", required=out_required, default=None, help=out_help)
     p.add_argument("--epochs", type=int, default=None, help="override the preset's number of training epochs")
+    p.add_argument("--compile", default=None, metavar="MODE",
+                   help="run the training step under torch.compile in this mode: default, reduce-overhead (CUDA "
+                        "graphs on a GPU), max-autotune or max-autotune-no-cudagraphs (default: eager)")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",
                        help="continue the killed training runs in --out and reuse finished ones")

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..presets import VARIANTS
 from ..train import PrimalDualTrainer, load_checkpoint
+from ..train.config import COMPILE_MODES
 from ..train.optim import build_optimizer
 from .report import copy_logs, start_report
 
@@ -61,6 +62,7 @@ class RunOptions:
     cleanly in time to evaluate and report with the epochs reached (``resume`` continues).
     jobs: training runs side by side in worker processes (``reproduce`` only; each gets the
     torch threads divided by ``jobs``, at least 1; results as with those threads one by one).
+    compile: ``TrainConfig.compile`` of every training run (None: the preset's, eager).
     """
 
     out: Optional[str] = None
@@ -74,6 +76,7 @@ class RunOptions:
     threads: Optional[int] = None
     time_budget: Optional[float] = None
     jobs: int = 1
+    compile: Optional[str] = None
 
 
 class Experiment(abc.ABC):
@@ -329,8 +332,13 @@ def check_options(preset, options: RunOptions, markers: Optional[Sequence[str]] 
     data_cache, out)``. ``out`` is checked by :func:`check_out` with ``markers`` (None: the
     command takes no run folder, ``out`` is returned as given); it is not made here. ``preset``
     None (a command that reads it from a checkpoint) is returned as None."""
+    if options.compile is not None and options.compile not in COMPILE_MODES:
+        raise CLIError(f"--compile: expected one of {', '.join(m for m in COMPILE_MODES if m)}, "
+                       f"got {options.compile!r}")
     if preset is not None:
         preset = apply_epochs(preset, options.epochs)
+        if options.compile is not None:
+            preset.train = dataclasses.replace(preset.train, compile=options.compile)
     device = check_device(options.device)
     check_seed(options.seed)
     check_time_budget(options.time_budget)
