@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import datetime
 import os
 import platform
@@ -283,3 +284,18 @@ def update_readme_section(key: str, body: str, path: Path = README) -> None:
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     path.write_text(f"{head}{start}\n{body}\n{end}{tail}")
+
+
+def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
+    """``rows`` (dicts with the keys of the first) as a CSV file at ``path`` (folders made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file written by :func:`write_rows` (values as strings)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

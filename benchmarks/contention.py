@@ -29,7 +29,6 @@ Usage
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import re
@@ -43,7 +42,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import cpu_model, update_readme_section  # noqa: E402
+from common import cpu_model, read_rows, update_readme_section, write_rows  # noqa: E402
 
 CONFIGS = ("cli default", "all cores", "1 thread")
 SPIN = "while True:\n    pass\n"
@@ -140,8 +139,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     path = args.out / "contention_cpu.csv"
     if args.summary:
-        with open(path) as f:
-            rows = list(csv.DictReader(f))
+        rows = read_rows(path)
     else:
         sys.path.insert(0, str(HERE.parent))
         from sdu_ext.train.threads import available_cores
@@ -149,11 +147,7 @@ def main(argv=None) -> int:
         cores = available_cores()
         cache = os.environ.get("SDU_EXT_CACHE") or os.path.expanduser("~/.cache/sdu_ext")
         rows = (measure("idle", args, cores, cache) if args.idle else []) + measure("busy", args, cores, cache)
-        args.out.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_rows(rows, path)
     body = table(rows)
     (args.out / "contention_cpu.md").write_text("# Contention benchmark\n\n" + body + "\n")
     print(body)

@@ -23,7 +23,6 @@ Usage
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import statistics
 import sys
@@ -35,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, update_readme_section  # noqa: E402
+from common import machine_info, read_rows, update_readme_section, write_rows  # noqa: E402
 
 import sdu_ext  # noqa: E402
 from sdu_ext.models import LISTA, log_gradient_noise  # noqa: E402
@@ -145,17 +144,12 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     path = args.out / f"precision_{args.device}.csv"
     if args.summary:
-        with open(path) as f:
-            rows = list(csv.DictReader(f))
+        rows = read_rows(path)
     else:
         t0 = time.perf_counter()
         rows = run(args)
         print(f"{time.perf_counter() - t0:.0f} s")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_rows(rows, path)
     body = header(rows) + "\n\n" + table(rows)
     (args.out / f"precision_{args.device}.md").write_text("# Precision benchmark\n\n" + body + "\n")
     print(body)

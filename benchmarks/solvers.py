@@ -39,7 +39,6 @@ row) and solvers_cpu.md.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -50,7 +49,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, update_readme_section  # noqa: E402
+from common import machine_info, read_rows, update_readme_section, write_rows  # noqa: E402
 
 import sdu_ext  # noqa: E402
 from sdu_ext import solvers  # noqa: E402
@@ -208,11 +207,7 @@ def bench(args):
 
 
 def write(rows, info, out: Path, args):
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "solvers_cpu.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_rows(rows, out / "solvers_cpu.csv")
     cols = ["problem", "provider", "threads", "batch", "time_s", "time_min_s", "reps", "time_vs_solve_lasso",
             "certified", "max_rel_gap", "iters_max", "iters_mean", "nnz_mean", "load1_before",
             "load1_after", "setting"]
@@ -230,9 +225,8 @@ def write(rows, info, out: Path, args):
     (out / "solvers_cpu.md").write_text("\n".join(lines) + "\n")
 
 
-def read_rows(out: Path):
-    with open(out / "solvers_cpu.csv", newline="") as f:
-        return list(csv.DictReader(f))
+def read_results(out: Path):
+    return read_rows(out / "solvers_cpu.csv")
 
 
 def readme_section(rows) -> str:
@@ -273,7 +267,7 @@ def main(argv=None):
     ap.add_argument("--readme", action="store_true", help="also rewrite the README's generated solver section")
     args = ap.parse_args(argv)
     if args.summary:
-        rows = read_rows(args.out)
+        rows = read_results(args.out)
         print(readme_section(rows))
         if args.readme:
             update_readme_section("solvers:cpu", readme_section(rows))
@@ -287,7 +281,7 @@ def main(argv=None):
         write(rows, info, args.out, args)
         print(f"wrote {args.out / 'solvers_cpu.csv'} and {args.out / 'solvers_cpu.md'}")
         if args.readme:
-            update_readme_section("solvers:cpu", readme_section(read_rows(args.out)))
+            update_readme_section("solvers:cpu", readme_section(read_results(args.out)))
     return 0
 
 

@@ -49,7 +49,6 @@ the live bytes on CUDA.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 from dataclasses import dataclass
@@ -60,7 +59,8 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, summarize, synchronize, time_job, update_readme_section  # noqa: E402
+from common import (machine_info, read_rows, summarize, synchronize, time_job,  # noqa: E402
+                    update_readme_section, write_rows)
 
 import sdu_ext  # noqa: E402
 from sdu_ext import reference  # noqa: E402
@@ -269,19 +269,6 @@ def csv_path(out: Path, device: str) -> Path:
     return out / f"train_step_{device}.csv"
 
 
-def write_csv(rows, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-
-
-def read_csv(path: Path) -> list[dict[str, Any]]:
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
 # Targets of issue 13 (CPU): ratio of sdu_ext's step to the floor, and compile's time over ours
 # (the verdict takes sdu_ext's better configuration: eager or TrainConfig(compile=...)).
 TARGETS = {"constrained_noise": (1.15, 1.2), "constrained": (None, None), "standard": (1.10, None)}
@@ -347,10 +334,10 @@ def main(argv=None) -> int:
     args.threads = [int(t) for t in args.threads.split(",")]
     path = csv_path(args.out, args.device)
     if args.summary:
-        rows = read_csv(path)
+        rows = read_rows(path)
     else:
         rows = run(args)
-        write_csv(rows, path)
+        write_rows(rows, path)
     body = write_markdown(rows, args.out / f"train_step_{args.device}.md")
     print(body)
     if args.readme:
