@@ -27,7 +27,7 @@ from sdu_ext import reference as R
 from sdu_ext.models import LISTA, FixedNoise, LogGradientNoise
 from sdu_ext.problems import Lasso
 from sdu_ext.train import (DescentConstraints, NonFiniteError, PrimalDualTrainer, TrainConfig, atomic_save,
-                           load_checkpoint)
+                           load_checkpoint, save_checkpoint)
 from sdu_ext.train.constraints import Stats
 from sdu_testing import torch_threads
 
@@ -701,3 +701,20 @@ def test_map_style_dataset_optimizer_factory_and_layer_parameters():
             callback=lambda t, row: after_stage_1.update({row["epoch"]: t.model.layers[0].W2.detach().clone()}))
         assert not torch.equal(after_stage_1[1], LISTA(D, W.ALPHA, L, init="ista").layers[0].W2)
         assert torch.equal(model.layers[0].W2, after_stage_1[1]) != finetune
+
+
+def test_resume_with_a_noise_generator_of_another_device_type_warns_and_reseeds(tmp_path):
+    """A run resumed on another device type has a noise generator whose saved state does not
+    fit (CPU: 5056 bytes, CUDA: 16): the resume warns, reseeds that generator and trains on."""
+    t = resume_trainer("constrained-noise", tmp_path)
+    t.config.epochs = 1
+    t.fit()
+    path = str(tmp_path / "last.pt")
+    state = load_checkpoint(path)
+    state["rng"][0]["noise"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state
+    save_checkpoint(state, path)
+    other = resume_trainer("constrained-noise", tmp_path)
+    other.config.epochs = 2
+    with pytest.warns(UserWarning, match=r"^resume: the noise generator's state was saved from another device"):
+        other.fit(resume=True)
+    assert other.epoch == 2 and all(math.isfinite(r["train_loss"]) for r in other.history)

@@ -97,8 +97,9 @@ class Experiment(abc.ABC):
         """The untrained network; its random draws are seeded by ``seed``."""
 
     @abc.abstractmethod
-    def build_noise(self, model: nn.Module, seed: int) -> Callable:
-        """The training noise hook of ``model`` (its generator seeded by ``seed``)."""
+    def build_noise(self, model: nn.Module, seed: int, device: str = "cpu") -> Callable:
+        """The training noise hook of ``model`` (its generator seeded by ``seed``, on ``device``,
+        the training device: a CPU generator would draw every step's noise on the host)."""
 
     @abc.abstractmethod
     def constraints(self, model: nn.Module):
@@ -223,7 +224,7 @@ def train_variant(experiment: Experiment, variant: str, run_dir: str, *, seed: i
         check_resume(run_dir, experiment.preset, variant, experiment.resume_sections)
     torch.manual_seed(seed)
     model = experiment.build_model(seed)
-    noise = experiment.build_noise(model, seed) if noisy else None
+    noise = experiment.build_noise(model, seed, device) if noisy else None
     cfg = dataclasses.replace(experiment.preset.train, mode=mode, seed=seed, device=device, checkpoint_dir=run_dir,
                               log_dir=run_dir, progress=progress, tensorboard=False)
     budget_stop = []

@@ -121,11 +121,12 @@ def build_model(preset: InpaintPreset, mask: torch.Tensor, glow: Optional[nn.Mod
     return GlowProx(preset.glow_config(), mask, m.num_layers, mu=m.mu, lam=m.lam, pretrained=glow)
 
 
-def build_noise(sigma: float, seed: int) -> nn.Module:
-    """The between-layer noise (:class:`~sdu_ext.models.UnitDirectionNoise`) with its own generator."""
+def build_noise(sigma: float, seed: int, device: str = "cpu") -> nn.Module:
+    """The between-layer noise (:class:`~sdu_ext.models.UnitDirectionNoise`) with its own generator
+    on ``device``, seeded by ``seed``."""
     from ..models import UnitDirectionNoise
 
-    return UnitDirectionNoise(sigma, generator=torch.Generator().manual_seed(seed))
+    return UnitDirectionNoise(sigma, generator=torch.Generator(device).manual_seed(seed))
 
 
 FIRST_GROUP = "layer1"  # the name of the layer-1 constraint group
@@ -246,8 +247,8 @@ class InpaintExperiment(Experiment):
     def build_model(self, seed):
         return build_model(self.preset, self.data.mask, self.glow, seed)
 
-    def build_noise(self, model, seed):
-        return build_noise(self.preset.method.noise_sigma, seed)
+    def build_noise(self, model, seed, device="cpu"):
+        return build_noise(self.preset.method.noise_sigma, seed, device)
 
     def constraints(self, model):
         return constraint_groups(model, self.preset.method)

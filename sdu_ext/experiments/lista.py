@@ -148,13 +148,14 @@ def build_model(preset: Preset, D: torch.Tensor, alpha: float, seed: int) -> nn.
                  generator=torch.Generator().manual_seed(seed), **stds)
 
 
-def build_noise(preset: Preset, model: nn.Module, seed: int) -> Callable:
+def build_noise(preset: Preset, model: nn.Module, seed: int, device: str = "cpu") -> Callable:
     """The training noise of ``preset.method`` for ``model`` (log-gradient noise in the
-    reference domain of ``preset.evaluation``'s sweep, or fixed noise)."""
+    reference domain of ``preset.evaluation``'s sweep, or fixed noise), drawn by a generator on
+    ``device`` seeded by ``seed`` (the same seed draws other numbers on another device type)."""
     from ..models import FixedNoise
 
     mc = preset.method
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device).manual_seed(seed)
     if mc.noise == "fixed":
         return FixedNoise(mc.noise_sigma, generator=gen)
     return log_gradient_noise(model, mc.noise_sigma, mc.noise_negative, preset.evaluation.domain_scale, gen)
@@ -173,8 +174,8 @@ class ListaExperiment(Experiment):
     def build_model(self, seed):
         return build_model(self.preset, self.data.D, self.data.alpha, seed)
 
-    def build_noise(self, model, seed):
-        return build_noise(self.preset, model, seed)
+    def build_noise(self, model, seed, device="cpu"):
+        return build_noise(self.preset, model, seed, device)
 
     def constraints(self, model):
         mc = self.preset.method
