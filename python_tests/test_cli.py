@@ -354,7 +354,17 @@ def test_ctrl_c_ends_with_one_line_and_status_130(tmp_path, cache_dir):
     run = tmp_path / "run"
     argv = ["lista", "train", "--preset", "tiny", "--epochs", "100000", "--out", str(run), "--quiet",
             "--threads", "1", "--data-cache", cache_dir]
-    proc = subprocess.Popen([sys.executable, "-m", "sdu_ext", *argv], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    # the tiny preset without its plateau rule: it would end the run (in well under a second) before the signal
+    endless = ("import dataclasses, sys\n"
+               "from sdu_ext import cli, presets\n"
+               "tiny = presets.PRESETS['tiny']\n"
+               "def endless():\n"
+               "    p = tiny()\n"
+               "    p.train = dataclasses.replace(p.train, lr_schedule=None)\n"
+               "    return p\n"
+               "presets.PRESETS['tiny'] = endless\n"
+               "sys.exit(cli.main(sys.argv[1:]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", endless, *argv], cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while not (run / "last.pt").is_file() and proc.poll() is None and time.monotonic() < deadline:
