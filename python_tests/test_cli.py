@@ -364,7 +364,9 @@ def test_ctrl_c_ends_with_one_line_and_status_130(tmp_path, cache_dir):
                "    return p\n"
                "presets.PRESETS['tiny'] = endless\n"
                "sys.exit(cli.main(sys.argv[1:]))\n")
-    proc = subprocess.Popen([sys.executable, "-c", endless, *argv], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal delivers it, even when the tests run in a background job (which inherits it ignored)
+    proc = subprocess.Popen([sys.executable, "-c", endless, *argv], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not (run / "last.pt").is_file() and proc.poll() is None and time.monotonic() < deadline:
