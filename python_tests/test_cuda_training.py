@@ -149,8 +149,8 @@ def test_tf32_costs_little_accuracy():
 
 
 def test_no_host_synchronisation_inside_a_step():
-    """CUDA sync debug mode 'error': steps with read=False (data resident, noise drawn on the GPU)
-    never wait for the device."""
+    """CUDA sync debug mode 'error': steps with read=False (the batch already on the GPU, noise
+    drawn on the GPU) never wait for the device."""
     trainer = _cuda_trainer(check_every=64)
     batch = tuple(t[:64].cuda() for t in W.make_problem(seed=5, n_train=64, n_val=8)[1])
     trainer.step(batch, read=False)  # the first step builds the optimizer
@@ -162,3 +162,18 @@ def test_no_host_synchronisation_inside_a_step():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     trainer.step(batch)  # the deferred checks: every step was finite
+
+
+def test_cuda_graph_step_results_outlive_the_next_steps():
+    """With CUDA graphs a replay overwrites the graph's outputs: what step(read=False) returns (and
+    what the finiteness checks keep for check_every steps) must be copies."""
+    trainer = _cuda_trainer(compile="reduce-overhead", check_every=8)
+    batch = tuple(t[:64].cuda() for t in W.make_problem(seed=5, n_train=64, n_val=8)[1])
+    for _ in range(3):  # warm-up and recording
+        trainer.step(batch, read=False)
+    kept = trainer.step(batch, read=False)
+    copies = (float(kept["lagrangian"]), kept["constraints"]["descent"].clone())
+    for _ in range(3):
+        trainer.step(batch, read=False)
+    assert float(kept["lagrangian"]) == copies[0]
+    assert torch.equal(kept["constraints"]["descent"], copies[1])

@@ -84,3 +84,11 @@ def test_matmul_precision_holds_inside_the_step_only():
     trainer.step(tuple(t[:64] for t in train))
     assert seen == ["medium"]
     assert torch.get_float32_matmul_precision() == before
+
+
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
+def test_cuda_graph_modes_are_refused_under_ddp(monkeypatch, mode):
+    from sdu_ext.train import trainer as trainer_module
+    monkeypatch.setattr(trainer_module, "world_and_rank", lambda: (2, 0))
+    with pytest.raises(ValueError, match=rf"^compile: '{mode}' replays CUDA graphs, not supported under DDP"):
+        _trainer(compile=mode)

@@ -146,9 +146,10 @@ def set_rng_state(states, device, noise, world, rank, reseed):
         torch.cuda.set_rng_state(state["cuda"], device)
     gen = getattr(noise, "generator", None)
     if isinstance(gen, torch.Generator) and "noise" in state:
-        try:
-            gen.set_state(state["noise"])
-        except RuntimeError:  # a generator of another device type (the run resumed elsewhere)
+        saved = state["noise"]
+        if saved.numel() == gen.get_state().numel():
+            gen.set_state(saved)
+        else:  # a generator of another device type (the run resumed elsewhere)
             warnings.warn(f"resume: the noise generator's state was saved from another device type than "
                           f"{gen.device.type!r}; its draws are reseeded and will differ from an uninterrupted run")
             gen.manual_seed(seed_for(*reseed) + rank)

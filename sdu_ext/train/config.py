@@ -19,11 +19,11 @@ DEPRECATED_MODES = {"unconstrained": "standard"}
 DUAL_EVERY = ("batch", "epoch")
 AUTOCAST = (None, "bfloat16", "float16")
 MATMUL_PRECISION = (None, "highest", "high", "medium")
-# torch.compile's modes ("reduce-overhead" = CUDA graphs on a GPU)
+# torch.compile's modes ("reduce-overhead" and "max-autotune": CUDA graphs on a GPU)
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # Fields a resumed run may change: they do not alter the trajectory of the run
-# (``epochs`` only extends it; the layer-wise stage plan depends on it, so a
+# (``compile`` only up to rounding; ``epochs`` only extends it; the layer-wise stage plan depends on it, so a
 # layer-wise run must keep it).
 # ``lr_reductions`` likewise only moves the end of a run that has not stopped yet.
 RESUMABLE = ("epochs", "patience", "restore_best", "device", "checkpoint_dir", "log_dir",
@@ -113,7 +113,8 @@ class TrainConfig:
             max/min pass over the iterates per step. Training itself (weights, multipliers)
             does not depend on it. On the CPU a read costs nothing: keep 1 there.
         compile: None (eager) or a ``torch.compile`` mode (``"default"``, ``"reduce-overhead"``
-            = CUDA graphs on a GPU, ``"max-autotune"``, ``"max-autotune-no-cudagraphs"``): the
+            and ``"max-autotune"`` = with CUDA graphs on a GPU, ``"max-autotune-no-cudagraphs"``;
+            under DDP only the modes without CUDA graphs, which were checked there): the
             step's forward, task loss, constraint values and Lagrangian (and so their backward)
             run compiled; the optimizer (fused Adam) and the dual step stay eager. Random draws
             keep eager's streams, so the trajectory equals the eager one up to rounding (test:

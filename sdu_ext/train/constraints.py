@@ -146,10 +146,12 @@ class Stats:
     :attr:`count` and :meth:`loss` return Python floats.
     """
 
-    def __init__(self, num_layers, groups, device="cpu"):
+    def __init__(self, num_layers, groups, device="cpu", sums=None):
         self.L = num_layers
         self.groups = list(groups)
-        self.sums = torch.zeros(2 + len(self.groups) * (3 * num_layers + 1), dtype=torch.float64, device=device)
+        # ``sums``: a vector of that layout to wrap (not copied); default zeros
+        self.sums = torch.zeros(2 + len(self.groups) * (3 * num_layers + 1), dtype=torch.float64, device=device) \
+            if sums is None else sums
 
     def add(self, loss, evals=()):
         """Add a batch: per-sample losses (B,) (or None) and one ConstraintValues per group."""

@@ -9,7 +9,9 @@ from .config import COMPILE_MODES
 from .constraints import DescentConstraints, Stats, reduce_batch
 from .data import check_targets
 
-__all__ = ["Objective", "StepValues", "squared_error", "matmul_precision"]
+__all__ = ["Objective", "StepValues", "squared_error", "matmul_precision", "RECOMPILE_LIMIT"]
+
+RECOMPILE_LIMIT = 256
 
 
 @contextmanager
@@ -66,6 +68,11 @@ class Objective:
             :meth:`step_values` (forward, loss, constraints, Lagrangian, and through AOTAutograd
             their backward) with ``torch.compile``. Random draws keep eager's generator
             streams (inductor's ``fallback_random``), so a compiled step draws the same noise.
+            ``"reduce-overhead"`` and ``"max-autotune"`` replay CUDA graphs on a GPU; the outputs
+            that outlive a step are then copied out of the graph's memory.
+    Every Objective compiles the same function: dynamo's recompile limit is raised to at least
+    :data:`RECOMPILE_LIMIT` (one cache entry per trainer, layer-wise stage and eps), so that a
+    process training many compiled networks does not fall back to eager after the 8th.
     """
 
     def __init__(self, loss: Optional[Callable], forward: Optional[Callable], groups: Sequence[DescentConstraints],
@@ -81,9 +88,15 @@ class Objective:
         self.autocast = autocast
         self.mode = compile
         self._step_values = self._eager_step_values
+        self._cudagraphs = False
         if compile is not None:
             import torch._inductor  # noqa: F401  (list_mode_options)
             options = dict(torch._inductor.list_mode_options(compile), fallback_random=True)
+            self._cudagraphs = bool(options.get("triton.cudagraphs"))
+            import torch._dynamo
+            limits = torch._dynamo.config
+            limits.recompile_limit = max(limits.recompile_limit, RECOMPILE_LIMIT)
+            limits.accumulated_recompile_limit = max(limits.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT)
             self._step_values = torch.compile(self._eager_step_values, options=options)
 
     def iterates(self, model, batch, noise) -> torch.Tensor:
@@ -135,8 +148,11 @@ class Objective:
         nus = [(d.value, d.slack, d.resilient_cost if d.resilient else None) for d in duals] if constrained else []
         out = self._step_values(model, batch, noise, list(eps), nus, list(index), stage, constrained, num_layers)
         iterates, sums, values, lagrangian, value = out
-        stats = Stats(num_layers, self.groups, sums.device)
-        stats.sums = sums
+        if self._cudagraphs:
+            # a CUDA graph's next replay overwrites its outputs: the small ones outlive the step
+            # (epoch sums, the dual step's values, the finiteness records of check_every > 1)
+            sums, value, values = sums.clone(), value.clone(), [c.clone() for c in values]
+        stats = Stats(num_layers, self.groups, sums=sums)
         return StepValues(iterates, stats, values, lagrangian, value)
 
     def _eager_step_values(self, model, batch, noise, eps, nus, index, stage, constrained, num_layers):

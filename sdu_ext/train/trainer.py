@@ -126,6 +126,9 @@ class PrimalDualTrainer:
         for name in ("checkpoint_dir", "log_dir"):
             check_directory(getattr(cfg, name), name)
         self.world, self.rank = world_and_rank()
+        if self.world > 1 and cfg.compile in ("reduce-overhead", "max-autotune"):
+            raise ValueError(f"compile: {cfg.compile!r} replays CUDA graphs, not supported under DDP (its "
+                             "all-reduces would be captured untested); use 'default' or 'max-autotune-no-cudagraphs'")
         device = torch.device(cfg.device)
         if device.type == "cuda" and device.index is None and self.world > 1:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
