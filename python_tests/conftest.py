@@ -5,10 +5,24 @@ reproduce a failure); the seed is in every comparison message and is printed in 
 "random seed" section of any failing test's report.
 """
 import os
+import shutil
 import sys
+import tempfile
 
-import pytest
-import torch
+# torch.compile's caches go to a folder of this test run (unless the caller chose one): a run killed
+# while inductor wrote a kernel leaves a truncated .so in the shared default cache, which the next
+# run would load ("file too short"); the compiled tests stay hermetic.
+_OWN_INDUCTOR_CACHE = None
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _OWN_INDUCTOR_CACHE = os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="sdu_inductor_")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_INDUCTOR_CACHE is not None:
+        shutil.rmtree(_OWN_INDUCTOR_CACHE, ignore_errors=True)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
