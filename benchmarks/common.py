@@ -299,3 +299,16 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     """The rows of a CSV file written by :func:`write_rows` (values as strings)."""
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def sparse_coding(n: int, m: int, sizes: Iterable[int], device: str, seed: int = 0):
+    """A unit-column dictionary D (n, m) on the CPU and, per entry of ``sizes``, a pair
+    ``(x (k, n), y* (k, m))`` on ``device`` of 10%-sparse Gaussian codes y* and x = D y*,
+    drawn in that order from one generator seeded by ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    D = torch.nn.functional.normalize(torch.randn(n, m, generator=g), dim=0)
+    pairs = []
+    for k in sizes:
+        codes = torch.randn(k, m, generator=g) * (torch.rand(k, m, generator=g) < 0.1)
+        pairs.append(((codes @ D.T).to(device), codes.to(device)))
+    return D, pairs

@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, read_rows, update_readme_section, write_rows  # noqa: E402
+from common import machine_info, read_rows, sparse_coding, update_readme_section, write_rows  # noqa: E402
 
 import sdu_ext  # noqa: E402
 from sdu_ext.experiments import lista  # noqa: E402
@@ -44,14 +44,8 @@ CONFIGS = ("eager", "eager_k64", "compiled")
 
 def stand_in_data(preset, n_train: int, n_val: int, device: str):
     """A unit-column dictionary (n, m) and (x, y*) pairs of 10%-sparse codes, seed 0."""
-    dc = preset.data
-    g = torch.Generator().manual_seed(0)
-    D = torch.nn.functional.normalize(torch.randn(dc.n, dc.m, generator=g), dim=0)
-
-    def pairs(k):
-        codes = torch.randn(k, dc.m, generator=g) * (torch.rand(k, dc.m, generator=g) < 0.1)
-        return (codes @ D.T).to(device), codes.to(device)
-    return D, pairs(n_train), pairs(n_val)
+    D, (train, val) = sparse_coding(preset.data.n, preset.data.m, (n_train, n_val), device)
+    return D, train, val
 
 
 def run_config(name: str, args, data) -> dict[str, Any]:

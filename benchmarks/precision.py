@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, read_rows, update_readme_section, write_rows  # noqa: E402
+from common import machine_info, read_rows, sparse_coding, update_readme_section, write_rows  # noqa: E402
 
 import sdu_ext  # noqa: E402
 from sdu_ext.models import LISTA, log_gradient_noise  # noqa: E402
@@ -47,13 +47,8 @@ SETTINGS = {"float32": {"matmul_precision": "highest"}, "bf16": {"autocast": "bf
 
 def make_data(device: str):
     """Dictionary (n, m) and (x, y*) training/validation pairs of 10%-sparse codes, seed 0."""
-    g = torch.Generator().manual_seed(0)
-    D = torch.nn.functional.normalize(torch.randn(N, M, generator=g), dim=0)
-
-    def pairs(k):
-        codes = torch.randn(k, M, generator=g) * (torch.rand(k, M, generator=g) < 0.1)
-        return (codes @ D.T).to(device), codes.to(device)
-    return D, pairs(N_TRAIN), pairs(N_VAL)
+    D, (train, val) = sparse_coding(N, M, (N_TRAIN, N_VAL), device)
+    return D, train, val
 
 
 def nmse_db(trainer, val) -> float:

@@ -59,7 +59,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (machine_info, read_rows, summarize, synchronize, time_job,  # noqa: E402
+from common import (machine_info, read_rows, sparse_coding, summarize, synchronize, time_job,  # noqa: E402
                     update_readme_section, write_rows)
 
 import sdu_ext  # noqa: E402
@@ -90,11 +90,8 @@ class Problem:
 
 def make_problem(size: str, device: str, seed: int = 0) -> Problem:
     B, n, m, L = SIZES[size]
-    g = torch.Generator().manual_seed(seed)
-    D = torch.nn.functional.normalize(torch.randn(n, m, generator=g), dim=0)
-    codes = torch.randn(B, m, generator=g) * (torch.rand(B, m, generator=g) < 0.1)
-    x = codes @ D.T
-    return Problem(D.to(device), x.to(device), codes.to(device), L)
+    D, [(x, codes)] = sparse_coding(n, m, (B,), device, seed)
+    return Problem(D.to(device), x, codes, L)
 
 
 def _model(p: Problem, device: str) -> LISTA:

@@ -5,6 +5,7 @@ from typing import Callable, List, NamedTuple, Optional, Sequence
 
 import torch
 
+from ..checks import choices
 from .config import COMPILE_MODES
 from .constraints import DescentConstraints, Stats, reduce_batch
 from .data import check_targets
@@ -79,8 +80,7 @@ class Objective:
                  problem=None, autocast: Optional[str] = None,
                  compile: Optional[str] = None):
         if compile not in COMPILE_MODES:
-            raise ValueError("compile: expected one of " + ", ".join(repr(c) for c in COMPILE_MODES)
-                             + f", got {compile!r}")
+            raise ValueError(f"compile: expected one of {choices(COMPILE_MODES)}, got {compile!r}")
         self.loss_fn = squared_error if loss is None else loss
         self.forward = forward
         self.groups = list(groups)
@@ -88,11 +88,11 @@ class Objective:
         self.autocast = autocast
         self.mode = compile
         self._step_values = self._eager_step_values
-        self._cudagraphs = False
+        self.cudagraphs = False  # whether the compiled step replays CUDA graphs (on a GPU)
         if compile is not None:
             import torch._inductor  # noqa: F401  (list_mode_options)
             options = dict(torch._inductor.list_mode_options(compile), fallback_random=True)
-            self._cudagraphs = bool(options.get("triton.cudagraphs"))
+            self.cudagraphs = bool(options.get("triton.cudagraphs"))
             import torch._dynamo
             limits = torch._dynamo.config
             limits.recompile_limit = max(limits.recompile_limit, RECOMPILE_LIMIT)
@@ -148,7 +148,7 @@ class Objective:
         nus = [(d.value, d.slack, d.resilient_cost if d.resilient else None) for d in duals] if constrained else []
         out = self._step_values(model, batch, noise, list(eps), nus, list(index), stage, constrained, num_layers)
         iterates, sums, values, lagrangian, value = out
-        if self._cudagraphs:
+        if self.cudagraphs:
             # a CUDA graph's next replay overwrites its outputs: the small ones outlive the step
             # (epoch sums, the dual step's values, the finiteness records of check_every > 1)
             sums, value, values = sums.clone(), value.clone(), [c.clone() for c in values]

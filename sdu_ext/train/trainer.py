@@ -126,9 +126,6 @@ class PrimalDualTrainer:
         for name in ("checkpoint_dir", "log_dir"):
             check_directory(getattr(cfg, name), name)
         self.world, self.rank = world_and_rank()
-        if self.world > 1 and cfg.compile in ("reduce-overhead", "max-autotune"):
-            raise ValueError(f"compile: {cfg.compile!r} replays CUDA graphs, not supported under DDP (its "
-                             "all-reduces would be captured untested); use 'default' or 'max-autotune-no-cudagraphs'")
         device = torch.device(cfg.device)
         if device.type == "cuda" and device.index is None and self.world > 1:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -137,6 +134,9 @@ class PrimalDualTrainer:
         self.noise = noise.to(device) if isinstance(noise, nn.Module) else noise
         self.problem = problem if problem is not None else getattr(self.model, "problem", None)
         self.objective = Objective(loss, forward, self.groups, self.problem, cfg.autocast, cfg.compile)
+        if self.world > 1 and self.objective.cudagraphs:
+            raise ValueError(f"compile: {cfg.compile!r} replays CUDA graphs, not supported under DDP (its "
+                             "all-reduces would be captured untested); use 'default' or 'max-autotune-no-cudagraphs'")
         self._optimizer_factory = optimizer
         self._layer_parameters = layer_parameters
         self.metadata = dict(metadata or {})
